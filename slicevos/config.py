@@ -1,0 +1,92 @@
+"""Typed configs: YAML files in ``configs/`` load into frozen dataclasses.
+
+``load_config(path, Cls)`` reads YAML and builds ``Cls`` (nested dataclasses, tuples and
+optionals are converted); unknown keys are an error that names the key and the file, so a typo
+never silently falls back to a default. ``config_to_dict`` gives back plain data for saving the
+resolved config next to results and inside checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from slicevos.errors import InputError
+
+T = TypeVar("T")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
+    if origin is list:
+        return [_convert(typing.get_args(tp)[0], v, where) for v in value]
+    if origin is dict:
+        return dict(value)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys raise ``InputError``."""
+    if not isinstance(data, dict):
+        raise InputError(where, f"expected a mapping for {cls.__name__}, got {type(data).__name__}",
+                         "check the YAML indentation")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(where, f"unknown key(s) {unknown} for {cls.__name__}",
+                         f"valid keys are {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | PathLike, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
+    """Load a YAML file into dataclass ``cls``; ``overrides`` (top-level keys) win."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "config file not found", "check the path (configs/ has examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(path, f"invalid YAML ({err})".replace("\n", " "), "fix the syntax") from None
+    data.update(overrides or {})
+    return from_dict(cls, data, str(path))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass -> plain dict (tuples become lists) for YAML/JSON/checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def save_config(config: Any, path: str | PathLike) -> None:
+    from slicevos.io.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())

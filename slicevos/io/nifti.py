@@ -1,0 +1,181 @@
+"""NIfTI reading and writing on the canonical grid (see ``slicevos.io.volume``)."""
+
+from __future__ import annotations
+
+import zlib
+from os import PathLike
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from slicevos.errors import InputError, warn_input
+from slicevos.io.atomic import atomic_path
+from slicevos.io.labels import LabelSchema, write_label_map
+from slicevos.io.volume import Geometry, Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _open(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise InputError(path, "file not found", "check the path and the file name")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a NIfTI file", "pass a .nii or .nii.gz file")
+    try:
+        img = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as err:
+        raise InputError(
+            path, f"cannot read as NIfTI ({type(err).__name__}: {err})",
+            "check that the file is a complete .nii/.nii.gz (re-export or re-copy it)",
+        ) from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, f"is a {type(img).__name__}, not NIfTI", "convert it to NIfTI")
+    return img
+
+
+def _read_array(img: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
+    """Read the voxels (scaling applied) and reduce to 3D, with the errors of the contract."""
+    shape = img.shape
+    if len(shape) < 3:
+        raise InputError(
+            path, f"image has {len(shape)} dimensions {tuple(shape)}, expected a 3D volume",
+            "pass a 3D CT volume (a stack of axial slices), not a single slice",
+        )
+    if len(shape) > 3 and int(np.prod(shape[3:])) != 1:
+        raise InputError(
+            path, f"image is {len(shape)}D {tuple(shape)} with {int(np.prod(shape[3:]))} volumes",
+            "split it into one 3D file per volume (e.g. nibabel.four_to_three)",
+        )
+    if 0 in shape[:3]:
+        raise InputError(path, f"image has zero-size axis {tuple(shape)} (no slices)",
+                         "pass a volume with at least one slice")
+    try:
+        data = np.asarray(img.dataobj, dtype=None)
+    except (EOFError, OSError, zlib.error, ValueError) as err:
+        raise InputError(
+            path, f"file is truncated or corrupt ({type(err).__name__}: {err})",
+            "re-export or re-copy the file",
+        ) from None
+    data = data.reshape(shape[:3]).astype(dtype, copy=False)
+    return data
+
+
+def _check_finite(data: np.ndarray, path: Path) -> None:
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise InputError(path, f"{bad} voxels are NaN or infinite",
+                         "replace them (e.g. with -1024 HU for air) before segmentation")
+
+
+def _warn_if_not_hu(data: np.ndarray, path: Path) -> None:
+    lo, hi = float(data.min()), float(data.max())
+    if lo >= 0:
+        warn_input(
+            path, f"intensities range {lo:g}..{hi:g} with no negative values, which does not look "
+            "like Hounsfield units (air is about -1000 HU)",
+            "Pass CT in HU: apply the scanner's rescale intercept, do not use 8-bit exports",
+        )
+
+
+def load_volume_nifti(path: str | PathLike) -> Volume:
+    """Read a CT NIfTI into a canonical float32 HU volume (D, H, W)."""
+    path = Path(path)
+    img = _open(path)
+    data = _read_array(img, path, np.float32)
+    _check_finite(data, path)
+    _warn_if_not_hu(data, path)
+    geometry = Geometry(img.affine.astype(np.float64), tuple(data.shape), img.header.copy())
+    hu = np.ascontiguousarray(geometry.to_canonical(data))
+    return Volume(hu=hu, geometry=geometry, path=path)
+
+
+def load_labels(
+    path: str | PathLike,
+    reference: Geometry | Volume | None = None,
+    schema: LabelSchema | None = None,
+) -> tuple[np.ndarray, Geometry]:
+    """Read a label NIfTI as a canonical uint8 (D, H, W) array.
+
+    With ``reference`` the label grid must match it (shape and affine); with ``schema`` every
+    value must be one of its ids. Returns ``(labels, geometry)``.
+    """
+    path = Path(path)
+    img = _open(path)
+    data = _read_array(img, path, np.float64 if img.get_data_dtype().kind == "f" else np.int64)
+    _check_finite(data, path)
+    if np.issubdtype(data.dtype, np.floating) and not np.array_equal(data, np.round(data)):
+        raise InputError(path, "label file holds non-integer values",
+                         "labels must be integer class ids; check that this is a label file")
+    if data.min() < 0 or data.max() > 255:
+        raise InputError(path, f"label values range {data.min():g}..{data.max():g}, outside 0..255",
+                         "convert the labels to the schema ids with slicevos-convert-labels")
+    geometry = Geometry(img.affine.astype(np.float64), tuple(data.shape), img.header.copy())
+    if reference is not None:
+        check_same_grid(reference, geometry, path)
+    labels = np.ascontiguousarray(geometry.to_canonical(data.astype(np.uint8)))
+    if schema is not None:
+        schema.check_values(labels, path)
+    return labels, geometry
+
+
+def check_same_grid(reference: Geometry | Volume, geometry: Geometry, path: Path) -> None:
+    ref = reference.geometry if isinstance(reference, Volume) else reference
+    if tuple(ref.shape) != tuple(geometry.shape):
+        raise InputError(path, f"label shape {tuple(geometry.shape)} differs from image shape "
+                         f"{tuple(ref.shape)}", "pair each image with the label made on its grid")
+    if not ref.same_grid(geometry):
+        diff = float(np.abs(ref.affine - geometry.affine).max())
+        raise InputError(path, f"label affine differs from the image affine (max difference "
+                         f"{diff:.4g} mm)", "resample the label onto the image grid or fix its "
+                         "header (both must come from the same scan)")
+
+
+def save_labels(
+    labels: np.ndarray,
+    geometry: Geometry | Volume,
+    path: str | PathLike,
+    schema: LabelSchema | None = None,
+) -> Path:
+    """Write a canonical (D, H, W) label array as uint8 NIfTI in the input's own geometry.
+
+    The file gets the input's shape, axis order and affine. With ``schema`` a JSON sidecar
+    (``<name>.json``: id -> name) is written beside it. Both writes are atomic.
+    """
+    geometry = geometry.geometry if isinstance(geometry, Volume) else geometry
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(path, "output name must end in .nii or .nii.gz", "rename the output")
+    if labels.shape != geometry.canonical_shape:
+        raise ValueError(f"labels {labels.shape} do not match the volume {geometry.canonical_shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"label values must fit uint8, got {labels.min()}..{labels.max()}")
+    file_array = np.ascontiguousarray(geometry.from_canonical(labels.astype(np.uint8)))
+    if geometry.header is not None:
+        header = geometry.header.copy()
+        header.set_data_dtype(np.uint8)
+        img = nib.Nifti1Image(file_array, geometry.affine, header)
+        img.header.set_slope_inter(1.0, 0.0)
+        qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+        img.set_qform(geometry.affine if qcode else None, code=qcode)
+        img.set_sform(geometry.affine, code=scode or 1)
+    else:
+        img = nib.Nifti1Image(file_array, geometry.affine)
+        img.set_qform(geometry.affine, code=1)
+        img.set_sform(geometry.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    if schema is not None:
+        write_label_map(label_map_path(path), schema)
+    return path
+
+
+def label_map_path(nifti_path: str | PathLike) -> Path:
+    """``case.nii.gz`` -> ``case.json`` (the id -> name sidecar)."""
+    p = Path(nifti_path)
+    name = p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
+    return p.with_name(name + ".json")
