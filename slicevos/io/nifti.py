@@ -65,14 +65,14 @@ def _read_array(img: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
     return data
 
 
-def _check_finite(data: np.ndarray, path: Path) -> None:
+def check_finite(data: np.ndarray, path: Path) -> None:
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise InputError(path, f"{bad} voxels are NaN or infinite",
                          "replace them (e.g. with -1024 HU for air) before segmentation")
 
 
-def _warn_if_not_hu(data: np.ndarray, path: Path) -> None:
+def warn_if_not_hu(data: np.ndarray, path: Path) -> None:
     lo, hi = float(data.min()), float(data.max())
     if lo >= 0:
         warn_input(
@@ -87,8 +87,8 @@ def load_volume_nifti(path: str | PathLike) -> Volume:
     path = Path(path)
     img = _open(path)
     data = _read_array(img, path, np.float32)
-    _check_finite(data, path)
-    _warn_if_not_hu(data, path)
+    check_finite(data, path)
+    warn_if_not_hu(data, path)
     geometry = Geometry(img.affine.astype(np.float64), tuple(data.shape), img.header.copy())
     hu = np.ascontiguousarray(geometry.to_canonical(data))
     return Volume(hu=hu, geometry=geometry, path=path)
@@ -107,7 +107,7 @@ def load_labels(
     path = Path(path)
     img = _open(path)
     data = _read_array(img, path, np.float64 if img.get_data_dtype().kind == "f" else np.int64)
-    _check_finite(data, path)
+    check_finite(data, path)
     if np.issubdtype(data.dtype, np.floating) and not np.array_equal(data, np.round(data)):
         raise InputError(path, "label file holds non-integer values",
                          "labels must be integer class ids; check that this is a label file")
