@@ -21,6 +21,10 @@ class InputError(ValueError):
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{problem}. Fix: {fix}")
 
+    def __reduce__(self) -> tuple:
+        # picklable, so an error raised in a worker process reaches the parent intact
+        return (type(self), (self.path, self.problem, self.fix))
+
 
 class InputWarning(UserWarning):
     """Input that is readable but looks suspicious (e.g. intensities that are not HU)."""
