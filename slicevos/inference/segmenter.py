@@ -1,0 +1,86 @@
+"""Slice segmentation with a CPS pair (or any model with ``predict_proba``) in batches.
+
+``ReferenceSegmenter.probabilities`` returns the mean of the two networks' softmax
+probabilities, (N, K, H, W) float32 summing to 1 over K; ``segment`` its argmax as uint8.
+Slices of any size are padded to the model's stride and cropped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from slicevos.preprocessing.padding import crop_to, pad_to_multiple
+
+
+@dataclass
+class SlicePrediction:
+    """Per-slice outputs: ``labels`` (N, H, W) uint8, ``probabilities`` (N, K, H, W) float32 or
+    None, ``disagreement`` (N,) float32: fraction of pixels where the two networks' argmax
+    differ (0 when the model is a single network)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    disagreement: np.ndarray
+
+
+class ReferenceSegmenter:
+    """Runs a reference model over uint8 windowed slices.
+
+    ``model`` must offer ``forward(images, positions) -> (logits_a, logits_b)`` (a CPS pair)
+    or ``-> logits``, plus ``output_stride``. Input images are uint8 (N, C, H, W); positions are
+    relative slice positions z / (D - 1) in [0, 1].
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu",
+                 batch_size: int = 8, amp_dtype: torch.dtype | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        self.amp_dtype = amp_dtype if self.device.type == "cuda" else None
+        self.stride = int(getattr(model, "output_stride", 1))
+
+    def _batches(self, images: np.ndarray, positions: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(images), self.batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
+            pos = torch.as_tensor(positions[start:start + self.batch_size], dtype=torch.float32)
+            yield chunk.to(self.device).float().div_(255.0), pos.to(self.device)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, positions: np.ndarray,
+                keep_probabilities: bool = False) -> SlicePrediction:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 (N, C, H, W) slices, got {images.dtype} {images.shape}")
+        if len(positions) != len(images):
+            raise ValueError(f"{len(images)} slices but {len(positions)} positions")
+        height, width = images.shape[-2:]
+        labels, probs, disagreement = [], [], []
+        for batch, pos in self._batches(images, positions):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                out = self.model(pad_to_multiple(batch, self.stride), pos)
+            logits = out if isinstance(out, torch.Tensor) else tuple(out)
+            if isinstance(logits, torch.Tensor):
+                mean_prob = crop_to(logits.float().softmax(1), height, width)
+                disagree = torch.zeros(len(batch), device=self.device)
+            else:
+                prob_a = crop_to(logits[0].float().softmax(1), height, width)
+                prob_b = crop_to(logits[1].float().softmax(1), height, width)
+                mean_prob = (prob_a + prob_b) / 2
+                disagree = (prob_a.argmax(1) != prob_b.argmax(1)).float().mean((1, 2))
+            labels.append(mean_prob.argmax(1).to(torch.uint8).cpu().numpy())
+            disagreement.append(disagree.cpu().numpy())
+            if keep_probabilities:
+                probs.append(mean_prob.cpu().numpy())
+        return SlicePrediction(
+            labels=np.concatenate(labels),
+            probabilities=np.concatenate(probs) if keep_probabilities else None,
+            disagreement=np.concatenate(disagreement).astype(np.float32),
+        )
+
+    def segment(self, images: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """uint8 (N, C, H, W) slices -> uint8 (N, H, W) labels."""
+        return self.predict(images, positions).labels
