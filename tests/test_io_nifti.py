@@ -7,11 +7,11 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REAL_CASES
 from nibabel import orientations as ornt
 
 from slicevos.io import FLARE22, Geometry, load_labels, load_volume, save_labels
 from slicevos.io.nifti import label_map_path
-from tests.conftest import REAL_CASES
 
 SPACING = (2.5, 0.8, 0.7)  # (dz, dy, dx) mm
 

@@ -8,7 +8,6 @@ import pytest
 
 from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.inference.key_slices import (
-    relative_positions,
     sample_slices,
     select_key_slices,
 )
@@ -40,11 +39,6 @@ def test_sample_slices_bad_args():
         sample_slices(0, 4)
     with pytest.raises(ValueError, match="stride"):
         sample_slices(10, 0)
-
-
-def test_relative_positions():
-    np.testing.assert_allclose(relative_positions([0, 5, 10], 11), [0, 0.5, 1])
-    np.testing.assert_allclose(relative_positions([0], 1), [0.5])
 
 
 def test_keys_are_largest_sampled_slice_per_organ():

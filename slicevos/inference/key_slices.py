@@ -11,16 +11,12 @@ from typing import Protocol
 
 import numpy as np
 
+from slicevos.preprocessing.position import relative_position
+
 
 class SliceSegmenter(Protocol):
     def segment(self, images: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """uint8 (N, C, H, W) slices + relative positions (N,) -> uint8 (N, H, W) labels."""
-
-
-def relative_positions(indices: np.ndarray | list[int], depth: int) -> np.ndarray:
-    """z / (D - 1) in [0, 1] (0.5 for a single-slice volume), float32."""
-    idx = np.asarray(indices, dtype=np.float32)
-    return np.full_like(idx, 0.5) if depth <= 1 else idx / np.float32(depth - 1)
 
 
 def sample_slices(depth: int, stride: int) -> np.ndarray:
@@ -88,7 +84,7 @@ def select_key_slices(image: np.ndarray, segmenter: SliceSegmenter, num_classes:
         raise ValueError(f"expected a windowed (D, C, H, W) volume, got shape {image.shape}")
     depth = image.shape[0]
     sampled = sample_slices(depth, stride)
-    labels = segmenter.segment(image[sampled], relative_positions(sampled, depth))
+    labels = segmenter.segment(image[sampled], relative_position(sampled, depth))
     areas = np.stack([np.bincount(lab.ravel(), minlength=num_classes)[:num_classes]
                       for lab in labels])
     classes = list(range(1, num_classes)) if class_ids is None else list(class_ids)
