@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,8 +61,29 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return cls(**kwargs)
 
 
-def load_config(path: str | PathLike, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
-    """Load a YAML file into dataclass ``cls``; ``overrides`` (top-level keys) win."""
+def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """Apply ``"a.b.c=value"`` strings to nested ``data`` in place (values parsed as YAML, so
+    ``train.iterations=200`` is an int and ``data.val_cases=[a, b]`` a list)."""
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(None, f"override {item!r} is not KEY=VALUE",
+                             "write e.g. --set train.iterations=200")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(None, f"override {item!r}: {part!r} is not a section",
+                                 "check the dotted key against the config file")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | PathLike, cls: type[T], overrides: dict[str, Any] | None = None,
+                assignments: Sequence[str] = ()) -> T:
+    """Load a YAML file into dataclass ``cls``; ``overrides`` (top-level keys) and then
+    ``assignments`` (``"a.b=value"`` strings) win over the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file not found", "check the path (configs/ has examples)")
@@ -70,6 +92,7 @@ def load_config(path: str | PathLike, cls: type[T], overrides: dict[str, Any] | 
     except yaml.YAMLError as err:
         raise InputError(path, f"invalid YAML ({err})".replace("\n", " "), "fix the syntax") from None
     data.update(overrides or {})
+    apply_overrides(data, assignments)
     return from_dict(cls, data, str(path))
 
 

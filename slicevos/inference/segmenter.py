@@ -45,7 +45,7 @@ class ReferenceSegmenter:
 
     def _batches(self, images: np.ndarray, positions: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(images), self.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
+            chunk = torch.from_numpy(np.array(images[start:start + self.batch_size]))  # copy: memmaps are read-only
             pos = torch.as_tensor(positions[start:start + self.batch_size], dtype=torch.float32)
             yield chunk.to(self.device).float().div_(255.0), pos.to(self.device)
 
