@@ -9,11 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from slicevos.config import from_dict
+from slicevos.errors import InputError
+from slicevos.io.checkpoint import load_checkpoint
+from slicevos.io.labels import LabelSchema, get_schema
+from slicevos.models.reference.cps import CPSConfig, CPSPair, build_cps_pair
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
+from slicevos.preprocessing.windowing import Window
 
 
 @dataclass
@@ -25,6 +33,31 @@ class SlicePrediction:
     labels: np.ndarray
     probabilities: np.ndarray | None
     disagreement: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReferenceModelInfo:
+    """What a reference checkpoint says about its inputs and outputs."""
+
+    schema: LabelSchema
+    windows: tuple[Window, ...]
+    path: Path | None = None
+
+
+def load_reference_pair(path: str | PathLike, device: str | torch.device = "cpu"
+                        ) -> tuple[CPSPair, ReferenceModelInfo]:
+    """Rebuild the CPS pair from a reference checkpoint alone (its config and weights)."""
+    payload = load_checkpoint(path, map_location="cpu", kind="reference_cps")
+    extra = payload.get("extra") or {}
+    if "windows" not in extra:
+        raise InputError(path, "checkpoint lacks the CT windows it was trained with",
+                         "use a checkpoint written by slicevos-train-reference")
+    schema = get_schema(payload["config"]["schema"])
+    windows = tuple(Window(w["level"], w["width"]) for w in extra["windows"])
+    pair = build_cps_pair(from_dict(CPSConfig, payload["config"]["model"], str(path)),
+                          schema.num_classes, len(windows))
+    pair.load_state_dict(payload["model"])
+    return pair.to(device).eval(), ReferenceModelInfo(schema, windows, Path(path))
 
 
 class ReferenceSegmenter:
@@ -42,6 +75,17 @@ class ReferenceSegmenter:
         self.batch_size = int(batch_size)
         self.amp_dtype = amp_dtype if self.device.type == "cuda" else None
         self.stride = int(getattr(model, "output_stride", 1))
+        self.info: ReferenceModelInfo | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | PathLike, device: str | torch.device = "cpu",
+                        batch_size: int = 8, amp_dtype: torch.dtype | None = None
+                        ) -> ReferenceSegmenter:
+        """A segmenter for a reference checkpoint; ``.info`` holds its schema and windows."""
+        pair, info = load_reference_pair(path, device)
+        segmenter = cls(pair, device, batch_size, amp_dtype)
+        segmenter.info = info
+        return segmenter
 
     def _batches(self, images: np.ndarray, positions: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(images), self.batch_size):

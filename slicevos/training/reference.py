@@ -100,6 +100,13 @@ class ReferenceTrainer(Trainer):
         self.cps_loss = CPSLoss(config.cps.loss)
         self._loaders: dict[str, Any] = {}
 
+    def state_dict_extra(self) -> dict[str, Any]:
+        """What inference needs beyond the config: the CT windows the networks were trained on
+        (in channel order) and the class count."""
+        return {"windows": [{"level": float(w["level"]), "width": float(w["width"])}
+                            for w in self.data.cache.windows],
+                "in_channels": self.data.in_channels, "num_classes": self.schema.num_classes}
+
     def build_model(self) -> nn.Module:
         return build_cps_pair(self.config.model, self.schema.num_classes, self.data.in_channels)
 

@@ -120,3 +120,37 @@ def test_partial_case_annotated_mask(cache_dir):
     assert sorted(meta["annotated_class_ids"]) == [1, 3]
     labels = np.asarray(cache.labels("phantom_0002"))
     assert set(np.unique(labels)) <= {0, 1, 3}
+
+
+def test_checkpoint_to_key_slices(cache_dir, tmp_path):
+    """A trained checkpoint alone gives a segmenter (schema, windows) that picks key slices."""
+    from slicevos.data.phantom import make_phantom
+    from slicevos.inference.key_slices import select_key_slices
+    from slicevos.preprocessing.windowing import window_volume
+
+    config = tiny_config(cache_dir, tmp_path / "run", "train.iterations=2",
+                         "train.checkpoint_every=2", "train.val_every=2",
+                         "data.val_cases=[phantom_0000]")
+    ReferenceTrainer(config).fit()
+    segmenter = ReferenceSegmenter.from_checkpoint(tmp_path / "run" / "last.pt", batch_size=4)
+    assert segmenter.info.schema is FLARE22 and len(segmenter.info.windows) == 3
+    phantom = make_phantom(5, PhantomConfig(shape=(18, 80, 72)))  # non-square, not a crop size
+    image = window_volume(phantom.hu, segmenter.info.windows)
+    keys = select_key_slices(image, segmenter, FLARE22.num_classes, stride=4)
+    np.testing.assert_array_equal(keys.sampled, [1, 5, 8, 12, 16])
+    assert keys.areas.shape == (5, 14) and keys.areas.sum(1).tolist() == [80 * 72] * 5
+    assert keys.masks.shape == (len(keys.indices), 80, 72) and keys.masks.dtype == np.uint8
+    prediction = segmenter.predict(image[:3], np.array([0.0, 0.5, 1.0]), keep_probabilities=True)
+    np.testing.assert_allclose(prediction.probabilities.sum(1), 1.0, atol=1e-5)
+    assert prediction.disagreement.shape == (3,)
+
+
+def test_flare23_schema_on_a_flare22_cache(cache_dir, tmp_path):
+    """Tumor (id 14) becomes an output class that no case annotated: training still runs."""
+    config = tiny_config(cache_dir, tmp_path / "run", "schema=flare23", "train.iterations=2",
+                         "train.checkpoint_every=2", "train.val_every=2",
+                         "data.val_cases=[phantom_0000]")
+    trainer = ReferenceTrainer(config)
+    metrics = trainer.fit()
+    assert trainer.module.net_a.num_classes == 15
+    assert "dice/tumor" not in metrics and "dice/liver" in metrics

@@ -1,0 +1,176 @@
+"""slicevos-benchmark-reference: the reference module's cost and the value of CPS.
+
+Parts (``--parts``, default all):
+
+- ``profile``: parameters, GFLOPs and forward time per 512x512 slice of each network in the
+  paper and fast configs, next to a plain ResNet-18 measured in the same run (the yardstick
+  column divides by its time, so figures compare across noisy shared machines).
+- ``iteration``: seconds per training iteration (CPS and, as the same-run baseline, supervised
+  only) for the tiny (64x64) and fast (256x256) configs on phantoms.
+- ``compare``: supervised-only vs CPS with the same labeled phantoms, seed and iterations (CPS
+  adds unlabeled phantoms); per-organ 3D DSC on held-out phantoms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+
+from slicevos.cli.common import run_cli
+from slicevos.config import load_config
+from slicevos.data.cache_build import PrepareConfig, prepare_cache
+from slicevos.data.phantom import PhantomConfig
+from slicevos.data.phantom_dataset import write_phantom_dataset
+from slicevos.io.labels import FLARE22
+from slicevos.models.profile import profile_model
+from slicevos.models.registry import build_model
+from slicevos.training.reference import ReferenceConfig, ReferenceTrainer
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "reference"
+
+
+def _load(name: str, *assignments: str) -> ReferenceConfig:
+    return load_config(CONFIGS / f"{name}.yaml", ReferenceConfig, assignments=list(assignments))
+
+
+class _Yardstick(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = timm.create_model("resnet18", pretrained=False, num_classes=0)
+
+    def forward(self, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def part_profile(repeats: int) -> None:
+    rows = [("resnet18 (yardstick)", profile_model(_Yardstick(), (3, 512, 512), repeats=repeats))]
+    for config_name in ("paper", "fast_cpu"):
+        pair = _load(config_name, "data.cache_dir=unused").model
+        for model_cfg in (pair.model_a, pair.model_b):
+            net = build_model(model_cfg, FLARE22.num_classes, 3)
+            rows.append((f"{config_name}/{model_cfg.name}", profile_model(net, (3, 512, 512),
+                                                                         repeats=repeats)))
+    base = rows[0][1]["forward_ms"]
+    print(f"\n{'network (512x512, batch 1, CPU)':<32}{'params M':>10}{'GFLOPs':>9}{'fwd ms':>9}"
+          f"{'x yardstick':>13}")
+    for name, r in rows:
+        print(f"{name:<32}{r['params_m']:>10.2f}{r['gflops']:>9.1f}{r['forward_ms']:>9.0f}"
+              f"{r['forward_ms'] / base:>13.2f}")
+
+
+def _phantom_cache(root: Path, size: int, slices: int, labeled: int, unlabeled: int) -> Path:
+    write_phantom_dataset(root / "ds", n_labeled=labeled, n_unlabeled=unlabeled,
+                          config=PhantomConfig(shape=(slices, size, size)), seed=0,
+                          progress=False)
+    prepare_cache(root / "ds", root / "cache", PrepareConfig(schema="flare22"), progress=False)
+    return root / "cache"
+
+
+class _TimedTrainer(ReferenceTrainer):
+    """Stamps the start of every training step; differences = seconds per iteration."""
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        self.stamps.append(time.perf_counter())
+        return super().train_step(step)
+
+
+def _seconds_per_iteration(config: ReferenceConfig, iterations: int) -> float:
+    trainer = _TimedTrainer(config)
+    trainer.stamps = []
+    trainer.fit()
+    return float(np.median(np.diff(trainer.stamps[1:])))  # skip the warm-up step
+
+
+def part_iteration(iterations: int) -> None:
+    print(f"\n{'config':<12}{'crop':>9}{'supervised s/it':>17}{'CPS s/it':>10}{'CPS / sup':>11}")
+    for name, size in (("tiny", 64), ("fast_cpu", 256)):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = _phantom_cache(Path(tmp), size, 8, labeled=2, unlabeled=1)
+            times = {}
+            for mode in ("supervised", "cps"):
+                config = _load(name, f"data.cache_dir={cache}", f"train.out_dir={tmp}/{mode}",
+                               f"train.iterations={iterations + 2}", "train.val_every=100000",
+                               "train.checkpoint_every=100000", "train.progress=false",
+                               f"cps.mode={mode}", "data.augment=null")
+                times[mode] = _seconds_per_iteration(config, iterations)
+        print(f"{name:<12}{size:>5}x{size:<3}{times['supervised']:>17.3f}{times['cps']:>10.3f}"
+              f"{times['cps'] / times['supervised']:>11.2f}")
+
+
+def part_compare(args: argparse.Namespace) -> None:
+    labeled, heldout = args.labeled, args.heldout
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = _phantom_cache(Path(tmp), args.size, args.slices, labeled + heldout, args.unlabeled)
+        val_cases = [f"phantom_{i:04d}" for i in range(labeled, labeled + heldout)]
+        results = {}
+        for mode in ("supervised", "cps"):
+            config = _load(args.config, f"data.cache_dir={cache}", f"train.out_dir={tmp}/{mode}",
+                           f"data.crop_size=[{args.size}, {args.size}]",
+                           f"data.val_cases=[{', '.join(val_cases)}]",
+                           f"train.iterations={args.iterations}",
+                           f"train.val_every={args.iterations}",
+                           f"train.checkpoint_every={args.iterations}",
+                           f"train.optim.milestones=[{int(args.iterations * 0.8)}, "
+                           f"{int(args.iterations * 0.9)}]",
+                           f"cps.rampup_iterations={args.iterations // 5}", f"cps.mode={mode}",
+                           f"train.seed={args.seed}", f"data.seed={args.seed}")
+            if mode == "supervised":
+                config = replace(config, data=replace(config.data, batch_unlabeled=0))
+            start = time.perf_counter()
+            results[mode] = ReferenceTrainer(config).fit()
+            results[mode]["_minutes"] = (time.perf_counter() - start) / 60
+    sup, cps = results["supervised"], results["cps"]
+    print(f"\nheld-out DSC: {labeled} labeled (+{args.unlabeled} unlabeled for CPS), {heldout} "
+          f"held-out phantoms {args.size}x{args.size}x{args.slices}, config {args.config}, "
+          f"{args.iterations} iterations, seed {args.seed}")
+    print(f"{'organ':<22}{'supervised':>11}{'CPS':>8}{'delta':>8}")
+    for c in FLARE22.classes:
+        key = f"dice/{c.name}"
+        if key in sup:
+            print(f"{c.name:<22}{sup[key]:>11.3f}{cps[key]:>8.3f}{cps[key] - sup[key]:>+8.3f}")
+    print(f"{'mean':<22}{sup['dice_mean']:>11.3f}{cps['dice_mean']:>8.3f}"
+          f"{cps['dice_mean'] - sup['dice_mean']:>+8.3f}")
+    print(f"training minutes: supervised {sup['_minutes']:.1f}, CPS {cps['_minutes']:.1f}")
+
+
+def _body(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    if "profile" in args.parts:
+        part_profile(args.repeats)
+    if "iteration" in args.parts:
+        part_iteration(args.timed_iterations)
+    if "compare" in args.parts:
+        part_compare(args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="slicevos-benchmark-reference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=["profile", "iteration", "compare"],
+                        choices=("profile", "iteration", "compare"))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3, help="profile: timed forwards")
+    parser.add_argument("--timed-iterations", type=int, default=5)
+    parser.add_argument("--config", default="tiny", help="compare: configs/reference/NAME.yaml")
+    parser.add_argument("--size", type=int, default=96, help="compare: phantom slice size")
+    parser.add_argument("--slices", type=int, default=32)
+    parser.add_argument("--labeled", type=int, default=4)
+    parser.add_argument("--unlabeled", type=int, default=16)
+    parser.add_argument("--heldout", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    return run_cli(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
