@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one BLAS/OpenMP thread per xdist worker: several workers each using every core
+    # oversubscribe the CPU and make torch tests tens of times slower
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 REAL_DATA = Path(
     os.environ.get("SLICEVOS_REAL_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real")
 ).resolve()

@@ -49,7 +49,6 @@ def tiny_config(cache_dir: Path, out: Path, *assignments: str) -> ReferenceConfi
 
 
 def test_tiny_cps_run_learns_the_liver(cache_dir, tmp_path):
-    torch.set_num_threads(2)
     config = tiny_config(cache_dir, tmp_path / "run", "train.iterations=120",
                          "train.val_every=120", "train.log_every=20",
                          "data.val_cases=[phantom_0000]")
