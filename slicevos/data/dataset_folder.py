@@ -26,7 +26,7 @@ import yaml
 
 from slicevos.errors import InputError, warn_input
 from slicevos.io.labels import LabelSchema
-from slicevos.io.nifti import NIFTI_SUFFIXES, is_nifti
+from slicevos.io.nifti import is_nifti, strip_nifti_suffix
 
 IMAGES_DIR, LABELS_DIR, UNLABELED_DIR = "imagesTr", "labelsTr", "unlabeled"
 ANNOTATION_FILES = ("annotations.yaml", "annotations.yml", "annotations.json")
@@ -48,13 +48,6 @@ class CaseSource:
         return "labeled" if self.label_path is not None else "unlabeled"
 
 
-def _strip_nifti_suffix(name: str) -> str:
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _images_in(folder: Path) -> dict[str, Path]:
     """case id -> image path for NIfTI files (``<case>_0000.nii[.gz]``) and DICOM folders."""
     found: dict[str, Path] = {}
@@ -66,7 +59,7 @@ def _images_in(folder: Path) -> dict[str, Path]:
         if path.is_dir():
             case_id = path.name
         elif is_nifti(path):
-            case_id = _strip_nifti_suffix(path.name)
+            case_id = strip_nifti_suffix(path.name)
             channel = _CHANNEL.search(case_id)
             if channel and channel.group(1) != "0000":
                 raise InputError(path, f"channel suffix _{channel.group(1)}: CT cases have one "
@@ -85,7 +78,7 @@ def _images_in(folder: Path) -> dict[str, Path]:
 def _labels_in(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {_strip_nifti_suffix(p.name): p for p in sorted(folder.iterdir())
+    return {strip_nifti_suffix(p.name): p for p in sorted(folder.iterdir())
             if is_nifti(p) and not p.name.startswith(".")}
 
 

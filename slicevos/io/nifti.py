@@ -21,6 +21,14 @@ def is_nifti(path: str | PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def strip_nifti_suffix(name: str) -> str:
+    """``case.nii.gz`` / ``case.nii`` -> ``case`` (other names unchanged)."""
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def _open(path: Path) -> nib.Nifti1Image:
     if not path.exists():
         raise InputError(path, "file not found", "check the path and the file name")
@@ -177,5 +185,4 @@ def save_labels(
 def label_map_path(nifti_path: str | PathLike) -> Path:
     """``case.nii.gz`` -> ``case.json`` (the id -> name sidecar)."""
     p = Path(nifti_path)
-    name = p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
-    return p.with_name(name + ".json")
+    return p.with_name(strip_nifti_suffix(p.name) + ".json")

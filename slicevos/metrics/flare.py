@@ -29,7 +29,7 @@ from tqdm import tqdm
 from slicevos.errors import InputError, warn_input
 from slicevos.io.atomic import atomic_path, atomic_write_bytes
 from slicevos.io.labels import LabelClass, LabelSchema
-from slicevos.io.nifti import NIFTI_SUFFIXES, load_labels
+from slicevos.io.nifti import NIFTI_SUFFIXES, load_labels, strip_nifti_suffix
 from slicevos.metrics.overlap import dice
 from slicevos.metrics.surface import normalized_surface_dice
 
@@ -104,11 +104,7 @@ def score_case(
 
 def case_name(path: str | PathLike) -> str:
     """``case.nii.gz`` -> ``case``."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES[::-1]:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_nifti_suffix(Path(path).name)
 
 
 def _nifti_files(folder: Path) -> list[Path]:
