@@ -112,7 +112,7 @@ def part_compare(args: argparse.Namespace) -> None:
         cache = _phantom_cache(Path(tmp), args.size, args.slices, labeled + heldout, args.unlabeled)
         val_cases = [f"phantom_{i:04d}" for i in range(labeled, labeled + heldout)]
         results = {}
-        for mode in ("supervised", "cps"):
+        for mode in args.modes:
             config = _load(args.config, f"data.cache_dir={cache}", f"train.out_dir={tmp}/{mode}",
                            f"data.crop_size=[{args.size}, {args.size}]",
                            f"data.val_cases=[{', '.join(val_cases)}]",
@@ -122,24 +122,24 @@ def part_compare(args: argparse.Namespace) -> None:
                            f"train.optim.milestones=[{int(args.iterations * 0.8)}, "
                            f"{int(args.iterations * 0.9)}]",
                            f"cps.rampup_iterations={args.iterations // 5}", f"cps.mode={mode}",
-                           f"train.seed={args.seed}", f"data.seed={args.seed}")
+                           f"train.seed={args.seed}", f"data.seed={args.seed}", *args.set)
             if mode == "supervised":
                 config = replace(config, data=replace(config.data, batch_unlabeled=0))
             start = time.perf_counter()
             results[mode] = ReferenceTrainer(config).fit()
             results[mode]["_minutes"] = (time.perf_counter() - start) / 60
-    sup, cps = results["supervised"], results["cps"]
     print(f"\nheld-out DSC: {labeled} labeled (+{args.unlabeled} unlabeled for CPS), {heldout} "
           f"held-out phantoms {args.size}x{args.size}x{args.slices}, config {args.config}, "
-          f"{args.iterations} iterations, seed {args.seed}")
-    print(f"{'organ':<22}{'supervised':>11}{'CPS':>8}{'delta':>8}")
-    for c in FLARE22.classes:
-        key = f"dice/{c.name}"
-        if key in sup:
-            print(f"{c.name:<22}{sup[key]:>11.3f}{cps[key]:>8.3f}{cps[key] - sup[key]:>+8.3f}")
-    print(f"{'mean':<22}{sup['dice_mean']:>11.3f}{cps['dice_mean']:>8.3f}"
-          f"{cps['dice_mean'] - sup['dice_mean']:>+8.3f}")
-    print(f"training minutes: supervised {sup['_minutes']:.1f}, CPS {cps['_minutes']:.1f}")
+          f"{args.iterations} iterations, seed {args.seed}, overrides {args.set or 'none'}")
+    modes = list(results)
+    delta = modes == ["supervised", "cps"]
+    print(f"{'organ':<22}" + "".join(f"{m:>11}" for m in modes) + ("   delta" if delta else ""))
+    for key, name in [(f"dice/{c.name}", c.name) for c in FLARE22.classes] + [("dice_mean", "mean")]:
+        if key in results[modes[0]]:
+            row = "".join(f"{results[m][key]:>11.3f}" for m in modes)
+            extra = f"{results['cps'][key] - results['supervised'][key]:>+8.3f}" if delta else ""
+            print(f"{name:<22}{row}{extra}")
+    print("training minutes: " + ", ".join(f"{m} {results[m]['_minutes']:.1f}" for m in modes))
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", nargs="+", default=["supervised", "cps"],
+                        choices=("supervised", "cps"), help="compare: which runs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="compare: config overrides for every run, e.g. cps.weight=0.5")
     return run_cli(_body, parser, argv)
 
 
