@@ -64,3 +64,17 @@ def test_propagation_resume_is_exact(cache_dir, tmp_path):
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
+
+
+def test_train_propagation_cli(cache_dir, tmp_path):
+    from slicevos.cli.train_propagation import main
+
+    out = tmp_path / "cli"
+    assert main(["--config", str(TINY), "--cache", str(cache_dir), "--out", str(out),
+                 "--iterations", "2", "--set", "train.checkpoint_every=2",
+                 "--set", "data.val_cases=[phantom_0002]"]) == 0
+    assert (out / "last.pt").is_file() and (out / "config.yaml").is_file()
+    assert main(["--config", str(TINY), "--cache", str(cache_dir), "--out", str(out),
+                 "--iterations", "4", "--resume", "--set", "train.checkpoint_every=2",
+                 "--set", "data.val_cases=[phantom_0002]"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 4
