@@ -78,3 +78,13 @@ def test_train_propagation_cli(cache_dir, tmp_path):
                  "--iterations", "4", "--resume", "--set", "train.checkpoint_every=2",
                  "--set", "data.val_cases=[phantom_0002]"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("name", ["paper", "fast_cpu", "tiny"])
+def test_shipped_configs_build(name):
+    from slicevos.models.propagation import PropagationNet
+
+    config = load_config(TINY.with_name(f"{name}.yaml"), PropagationConfig)
+    params_m = sum(p.numel() for p in PropagationNet(config.model).parameters()) / 1e6
+    expected = {"paper": (40, 45), "fast_cpu": (9, 12), "tiny": (0.1, 1.5)}[name]
+    assert expected[0] < params_m < expected[1], params_m
