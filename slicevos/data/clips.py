@@ -19,7 +19,7 @@ Label ids are read from ``labels.npy`` as they are: any id > 0 is an object, wha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from slicevos.data.augment import augment_slice, build_augmentation
+from slicevos.data.batch import TensorBatch
 from slicevos.data.cache import INDEX_FILE, SliceCache, class_areas
 from slicevos.data.clip_sampling import (
     CLIP_STREAM,
@@ -107,7 +108,7 @@ class ClipDataConfig:
 
 
 @dataclass
-class ClipBatch:
+class ClipBatch(TensorBatch):
     """A batch of clips (B clips, T frames, O object slots).
 
     ``images`` float32 (B, T, C, H, W) in [0, 1]; ``masks`` float32 (B, T, O, H, W), 1 where
@@ -130,16 +131,6 @@ class ClipBatch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def _map(self, fn: Any) -> ClipBatch:
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> ClipBatch:
-        """Used by ``DataLoader(pin_memory=True)``."""
-        return self._map(lambda t: t.pin_memory())
 
     def targets(self) -> torch.Tensor:
         """int64 (B, T, H, W): 0 background, o + 1 where object slot o is (the class ids of

@@ -15,7 +15,7 @@ size, crop to ``crop_size`` (centred on a foreground pixel with probability
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from slicevos.data.augment import augment_slice, build_augmentation
+from slicevos.data.batch import TensorBatch
 from slicevos.data.cache import INDEX_FILE, SliceCache
 from slicevos.data.sampling import (
     LABELED_STREAM,
@@ -87,7 +88,7 @@ class SliceDataConfig:
 
 
 @dataclass
-class SliceBatch:
+class SliceBatch(TensorBatch):
     """A batch of slices. ``image`` float32 (B, C, H, W) in [0, 1]; ``target`` int64 (B, H, W)
     class ids, None for unlabeled batches; ``position`` float32 (B,) z / (D - 1);
     ``annotated`` bool (B, K) classes drawn in each sample (background True), None for
@@ -102,16 +103,6 @@ class SliceBatch:
     def __len__(self) -> int:
         return self.image.shape[0]
 
-    def _map(self, fn: Any) -> SliceBatch:
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SliceBatch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> SliceBatch:
-        """Used by ``DataLoader(pin_memory=True)``."""
-        return self._map(lambda t: t.pin_memory())
 
 
 def annotated_mask(meta: Mapping[str, Any], num_classes: int) -> np.ndarray:
