@@ -47,3 +47,13 @@ def test_benchmark_io_on_tiny_phantom(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "phantom_64x64x16" in out and "16x64x64" in out
+
+
+def test_benchmark_propagation_smoke(capsys):
+    from slicevos.cli.benchmark_propagation import main
+
+    code = main(["--configs", "tiny", "--sizes", "48", "--objects", "1", "2", "--depth", "3",
+                 "--memory-config", "tiny", "--memory-size", "48", "--memory-depth", "8"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "2 obj s/slice" in out and "8x48x48" in out
