@@ -4,7 +4,9 @@ overrides, resume, and the torchrun-safe run of a trainer."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from slicevos.config import load_config
@@ -23,6 +25,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, example_config: str)
                         help="resume even if the config differs from the checkpoint's")
 
 
+def resolve_relative_augment(config: Any, config_path: Path) -> Any:
+    """A relative ``data.augment`` path in a config file is relative to that file's folder."""
+    augment = getattr(config.data, "augment", None)
+    if isinstance(augment, str) and not Path(augment).is_absolute():
+        resolved = str((config_path.parent / augment).resolve())
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      augment=resolved))
+    return config
+
+
 def run_training(args: argparse.Namespace, config_cls: type, trainer_cls: Callable[..., Any],
                  extra_assignments: list[str] | None = None) -> int:
     """Load the config with the command-line overrides, train, print the last validation."""
@@ -32,7 +44,8 @@ def run_training(args: argparse.Namespace, config_cls: type, trainer_cls: Callab
              "train.iterations": args.iterations, "train.device": args.device}
     assignments = [*args.set, *(extra_assignments or []),
                    *(f"{key}={value}" for key, value in named.items() if value)]
-    config = load_config(args.config, config_cls, assignments=assignments)
+    config = resolve_relative_augment(load_config(args.config, config_cls,
+                                                  assignments=assignments), Path(args.config))
     try:
         metrics = trainer_cls(config, resume=args.resume,
                               allow_config_change=args.allow_config_change).fit()

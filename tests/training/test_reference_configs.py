@@ -34,3 +34,13 @@ def test_config_builds_its_pair(path):
         with torch.no_grad():
             a, b = pair.eval()(torch.rand(2, 3, *size), torch.tensor([0.0, 1.0]))
         assert a.shape == b.shape == (2, FLARE23.num_classes, *size)
+
+
+def test_relative_augment_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    from slicevos.cli.training_args import resolve_relative_augment
+
+    paper = next(p for p in CONFIGS if p.stem == "paper")
+    monkeypatch.chdir(tmp_path)  # somewhere else entirely
+    config = resolve_relative_augment(load_config(paper, ReferenceConfig), paper)
+    assert Path(config.data.augment).is_file()
+    assert Path(config.data.augment).name == "default.yaml"
