@@ -225,3 +225,28 @@ def test_bad_settings_raise_input_errors(cache_dir: Path) -> None:
         ClipData(_config(cache_dir, min_object_pixels=100_000))
     with pytest.raises(InputError, match="room for 30 frames"):
         ClipData(_config(cache_dir, clip_length=30))
+
+
+@pytest.mark.real
+def test_totalsegmentator_cache_gives_many_object_tracks(real_data, tmp_path):
+    """The 'objects' schema caches any label id (here TotalSegmentator's 117 classes), and clips
+    then follow structures beyond the FLARE organs."""
+    from slicevos.data.cache_build import PrepareConfig, prepare_cache
+    from slicevos.data.clips import ClipData, ClipDataConfig
+
+    ds = tmp_path / "ds"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "labelsTr").mkdir()
+    case = real_data / "example_ct_sm30"
+    (ds / "imagesTr" / "sm30_0000.nii.gz").symlink_to(case / "ct.nii.gz")
+    (ds / "labelsTr" / "sm30.nii.gz").symlink_to(case / "label_totalseg.nii.gz")
+    prepare_cache(ds, tmp_path / "cache", PrepareConfig(schema="objects", workers=1),
+                  progress=False)
+    data = ClipData(ClipDataConfig(cache_dir=str(tmp_path / "cache"), crop_size=(64, 64),
+                                   batch_size=8, min_object_pixels=20, max_gap_end=3))
+    ids = set()
+    for step in range(6):
+        batch = data.batch(step)
+        ids |= set(batch.object_ids[batch.valid].tolist())
+    assert max(ids) > 13  # objects beyond the FLARE id range were sampled
+    assert len(ids) >= 8

@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("cache_dir", help="output folder (created; reruns update it)")
     parser.add_argument("--config", help="YAML with schema/windows/workers/skip_bad "
                         "(example: configs/data/prepare.yaml); options given here win")
-    parser.add_argument("--schema", help="label schema: flare22 (default) or flare23")
+    parser.add_argument("--schema", help="label schema: flare22 (default), flare23, or objects "
+                        "(any id 1..255, e.g. TotalSegmentator labels, for propagation training)")
     parser.add_argument("--windows", nargs="+", metavar="WINDOW",
                         help=f"{_WINDOW_HELP}; default {' '.join(DEFAULT_WINDOWS)}")
     parser.add_argument("--workers", type=int,

@@ -104,7 +104,10 @@ _TUMOR = LabelClass(14, "tumor", 2.0, color=(255, 0, 0))
 
 FLARE22 = LabelSchema("flare22", _FLARE_ORGANS)
 FLARE23 = LabelSchema("flare23", (*_FLARE_ORGANS, _TUMOR))
-SCHEMAS: dict[str, LabelSchema] = {s.name: s for s in (FLARE22, FLARE23)}
+# Class-agnostic: every id 1..255 is an object (e.g. the 117 TotalSegmentator classes), for
+# caches that train mask propagation, where any labelled structure is a track to follow.
+OBJECTS = LabelSchema("objects", tuple(LabelClass(i, f"object_{i}") for i in range(1, 256)))
+SCHEMAS: dict[str, LabelSchema] = {s.name: s for s in (FLARE22, FLARE23, OBJECTS)}
 
 
 def get_schema(name: str | LabelSchema) -> LabelSchema:
