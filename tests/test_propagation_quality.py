@@ -58,3 +58,18 @@ def test_trained_stcn_beats_nearest_key_copy(tmp_path):
     dsc_stcn = dice(truth[others], propagated[others] == LIVER)
     dsc_copy = dice(truth[others], copied[others])
     assert dsc_stcn > dsc_copy + 0.1, (dsc_stcn, dsc_copy)
+
+
+def test_contour_interpolation_between_two_keys():
+    pytest.importorskip("itk")
+    from slicevos.inference.baselines import contour_interpolation
+
+    small, large = np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8)
+    small[12:20, 12:20] = 3   # 64 px
+    large[8:24, 8:24] = 3     # 256 px
+    out = contour_interpolation({2: small, 10: large}, 14)
+    areas = [(out[z] == 3).sum() for z in range(14)]
+    assert areas[2] == 64 and areas[10] == 256
+    assert all(areas[z] <= areas[z + 1] for z in range(2, 10))  # grows between the keys
+    assert 64 < areas[6] < 256
+    assert areas[0] == areas[1] == areas[12] == areas[13] == 0  # no extrapolation

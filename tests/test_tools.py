@@ -52,8 +52,16 @@ def test_benchmark_io_on_tiny_phantom(tmp_path, capsys):
 def test_benchmark_propagation_smoke(capsys):
     from slicevos.cli.benchmark_propagation import main
 
-    code = main(["--configs", "tiny", "--sizes", "48", "--objects", "1", "2", "--depth", "3",
+    code = main(["--parts", "speed", "memory", "--configs", "tiny", "--sizes", "48", "--objects", "1", "2", "--depth", "3",
                  "--memory-config", "tiny", "--memory-size", "48", "--memory-depth", "8"])
     assert code == 0
     out = capsys.readouterr().out
     assert "2 obj s/slice" in out and "8x48x48" in out
+
+
+def test_benchmark_propagation_quality_baselines(real_data, capsys):
+    from slicevos.cli.benchmark_propagation import main
+
+    assert main(["--parts", "quality", "--data", str(real_data), "--key-steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "nearest copy" in out and "example_ct_sm30" in out and "ct3slice" not in out

@@ -35,16 +35,21 @@ on the CPU in float16 ((O + 1) x H x W x 2 bytes per slice of the segment).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from os import PathLike
 
 import numpy as np
 import torch
 
+from slicevos.config import from_dict
 from slicevos.errors import InputError
 from slicevos.inference.memory_bank import FeatureCache, MemoryBank
-from slicevos.models.propagation import KeyFeatures, PropagationNet
+from slicevos.io.checkpoint import load_checkpoint
+from slicevos.models.propagation import KeyFeatures, PropagationModelConfig, PropagationNet
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
+from slicevos.preprocessing.windowing import Window
 
 
 def fuse_directions(prob_fwd: torch.Tensor, prob_bwd: torch.Tensor, z: int, z_left: int,
@@ -264,3 +269,19 @@ class PropagationSession:
         """Slices (B, C, H', W') in [0, 1] on the device, padded to the network stride."""
         images = self.image[slices].to(self.propagator.device, self.propagator.compute_dtype)
         return pad_to_multiple(images / 255.0, self.net.output_stride)
+
+
+def load_propagation_net(path: str | PathLike, device: str | torch.device = "cpu"
+                         ) -> tuple[PropagationNet, tuple[Window, ...]]:
+    """Rebuild the STCN network from a propagation checkpoint alone; returns it (eval mode, on
+    ``device``) with the CT windows it was trained on."""
+    payload = load_checkpoint(path, map_location="cpu", kind="propagation")
+    extra = payload.get("extra") or {}
+    if "windows" not in extra:
+        raise InputError(path, "checkpoint lacks the CT windows it was trained with",
+                         "use a checkpoint written by slicevos-train-propagation")
+    windows = tuple(Window(w["level"], w["width"]) for w in extra["windows"])
+    model_config = from_dict(PropagationModelConfig, payload["config"]["model"], str(path))
+    net = PropagationNet(dataclasses.replace(model_config, in_channels=len(windows)))
+    net.load_state_dict(payload["model"])
+    return net.to(device).eval(), windows
