@@ -46,6 +46,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def check_fields(config: Any, section: str, checks: dict[str, tuple[bool, str]]) -> None:
+    """Raise ``InputError`` for the first field whose check failed: ``checks`` maps a field
+    name to ``(ok, what a valid value looks like)``; messages read ``section.field = value``."""
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise InputError(None, f"{section}.{name} = {getattr(config, name)!r} is invalid",
+                             f"set {section}.{name} to {expected}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys raise ``InputError``."""
     if not isinstance(data, dict):

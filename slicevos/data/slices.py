@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from slicevos.config import check_fields
 from slicevos.data.augment import augment_slice, build_augmentation
 from slicevos.data.batch import TensorBatch
 from slicevos.data.cache import INDEX_FILE, SliceCache
@@ -81,10 +82,7 @@ class SliceDataConfig:
             "workers": (self.workers >= 0, "an integer >= 0"),
             "seed": (self.seed >= 0, "an integer >= 0"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise InputError(None, f"data.{name} = {getattr(self, name)!r} is invalid",
-                                 f"set data.{name} to {expected}")
+        check_fields(self, "data", checks)
 
 
 @dataclass
