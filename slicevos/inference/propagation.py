@@ -45,8 +45,8 @@ import torch
 
 from slicevos.config import from_dict
 from slicevos.errors import InputError
+from slicevos.inference.checkpoints import load_with_windows
 from slicevos.inference.memory_bank import FeatureCache, MemoryBank
-from slicevos.io.checkpoint import load_checkpoint
 from slicevos.models.propagation import KeyFeatures, PropagationModelConfig, PropagationNet
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
 from slicevos.preprocessing.windowing import Window
@@ -275,12 +275,7 @@ def load_propagation_net(path: str | PathLike, device: str | torch.device = "cpu
                          ) -> tuple[PropagationNet, tuple[Window, ...]]:
     """Rebuild the STCN network from a propagation checkpoint alone; returns it (eval mode, on
     ``device``) with the CT windows it was trained on."""
-    payload = load_checkpoint(path, map_location="cpu", kind="propagation")
-    extra = payload.get("extra") or {}
-    if "windows" not in extra:
-        raise InputError(path, "checkpoint lacks the CT windows it was trained with",
-                         "use a checkpoint written by slicevos-train-propagation")
-    windows = tuple(Window(w["level"], w["width"]) for w in extra["windows"])
+    payload, windows = load_with_windows(path, "propagation", "slicevos-train-propagation")
     model_config = from_dict(PropagationModelConfig, payload["config"]["model"], str(path))
     net = PropagationNet(dataclasses.replace(model_config, in_channels=len(windows)))
     net.load_state_dict(payload["model"])

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from slicevos.config import from_dict
-from slicevos.errors import InputError
-from slicevos.io.checkpoint import load_checkpoint
+from slicevos.inference.checkpoints import load_with_windows
 from slicevos.io.labels import LabelSchema, get_schema
 from slicevos.models.reference.cps import CPSConfig, CPSPair, build_cps_pair
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
@@ -47,13 +46,8 @@ class ReferenceModelInfo:
 def load_reference_pair(path: str | PathLike, device: str | torch.device = "cpu"
                         ) -> tuple[CPSPair, ReferenceModelInfo]:
     """Rebuild the CPS pair from a reference checkpoint alone (its config and weights)."""
-    payload = load_checkpoint(path, map_location="cpu", kind="reference_cps")
-    extra = payload.get("extra") or {}
-    if "windows" not in extra:
-        raise InputError(path, "checkpoint lacks the CT windows it was trained with",
-                         "use a checkpoint written by slicevos-train-reference")
+    payload, windows = load_with_windows(path, "reference_cps", "slicevos-train-reference")
     schema = get_schema(payload["config"]["schema"])
-    windows = tuple(Window(w["level"], w["width"]) for w in extra["windows"])
     pair = build_cps_pair(from_dict(CPSConfig, payload["config"]["model"], str(path)),
                           schema.num_classes, len(windows))
     pair.load_state_dict(payload["model"])

@@ -78,8 +78,7 @@ class PropagationTrainer(Trainer):
         return PropagationNet(replace(self.config.model, in_channels=self.data.in_channels))
 
     def state_dict_extra(self) -> dict[str, Any]:
-        return {"windows": [{"level": float(w["level"]), "width": float(w["width"])}
-                            for w in self.data.cache.windows],
+        return {"windows": self.data.cache.windows,  # [{"name", "level", "width"}]
                 "in_channels": self.data.in_channels}
 
     def _clip_logits(self, model: nn.Module, batch: ClipBatch) -> torch.Tensor:

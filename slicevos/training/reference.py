@@ -103,8 +103,7 @@ class ReferenceTrainer(Trainer):
     def state_dict_extra(self) -> dict[str, Any]:
         """What inference needs beyond the config: the CT windows the networks were trained on
         (in channel order) and the class count."""
-        return {"windows": [{"level": float(w["level"]), "width": float(w["width"])}
-                            for w in self.data.cache.windows],
+        return {"windows": self.data.cache.windows,  # [{"name", "level", "width"}]
                 "in_channels": self.data.in_channels, "num_classes": self.schema.num_classes}
 
     def build_model(self) -> nn.Module:
