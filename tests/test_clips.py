@@ -65,6 +65,9 @@ def test_batch_shapes_dtypes_and_values(cache_dir: Path) -> None:
     assert targets.shape == (4, 3, 48, 40) and targets.dtype == torch.int64
     assert torch.equal(targets == 2, batch.masks[:, :, 1].bool())
     assert torch.equal(targets == 0, batch.masks.sum(2) == 0)
+    assert batch.labels.shape == (4, 3, 48, 40) and batch.labels.dtype == torch.int64
+    for b, o in torch.nonzero(batch.valid).tolist():  # every object's mask is its label id
+        assert torch.equal(batch.labels[b] == batch.object_ids[b, o], batch.masks[b, :, o] > 0)
 
 
 def test_objects_present_in_frame_0_and_padding_invalid(cache_dir: Path) -> None:
@@ -101,6 +104,7 @@ def test_batches_are_a_pure_function_of_seed_rank_step(cache_dir: Path) -> None:
     from_loader = list(first.loader(start_step=6, stop_step=8, workers=1))
     assert [b.keys for b in from_loader] == [first.batch(6).keys, a.keys]
     assert torch.equal(from_loader[1].masks, a.masks)
+    assert torch.equal(from_loader[1].labels, a.labels)
 
 
 def test_gap_curriculum_grows_and_bounds_the_gaps(cache_dir: Path) -> None:
@@ -148,6 +152,8 @@ def test_masks_are_aligned_with_the_image(cache_dir: Path) -> None:
                                   if np.array_equal(full_image[z, :, y:y + 48, x:x + 40], image))
                 y, x = offset
                 assert np.array_equal(full_image[z, :, y:y + 48, x:x + 40], image)
+                assert np.array_equal(batch.labels[b, t].numpy(),
+                                      full_labels[z, y:y + 48, x:x + 40])
                 for o, object_id in enumerate(batch.object_ids[b].tolist()):
                     expected = full_labels[z, y:y + 48, x:x + 40] == object_id
                     assert np.array_equal(batch.masks[b, t, o].numpy().astype(bool),
@@ -187,6 +193,33 @@ def test_one_augmentation_for_the_whole_clip(cache_dir: Path) -> None:
     assert not np.allclose(images[0, 0].numpy(), unrotated, atol=0.05)
 
 
+def test_labels_hold_every_class_not_only_the_objects(cache_dir: Path) -> None:
+    """Joint-mode training needs the full label map: frames show classes beyond the 1-2
+    sampled objects, and the padding of a crop larger than the slice is background."""
+    data = ClipData(_config(cache_dir, max_objects=1))
+    extra = 0
+    for step in range(4):
+        batch = data.batch(step)
+        for b in range(len(batch)):
+            present = set(batch.labels[b].unique().tolist()) - {0}
+            extra += len(present - set(batch.object_ids[b].tolist()))
+    assert extra > 0
+    padded = ClipData(_config(cache_dir, crop_size=(80, 72))).batch(0)
+    assert padded.labels.shape[-2:] == (80, 72)
+    assert (padded.labels[padded.images.sum(2) == 0] == 0).all()
+
+
+def test_labels_of_the_objects_only(cache_dir: Path) -> None:
+    """label_classes="objects": the labels hold the clip's objects only (as its masks do)."""
+    config = _config(cache_dir, max_objects=3)
+    every = ClipData(config).batch(2)
+    only = ClipData(_config(cache_dir, max_objects=3, label_classes="objects")).batch(2)
+    assert only.keys == every.keys and torch.equal(only.masks, every.masks)
+    from_masks = (only.masks * only.object_ids[:, None, :, None, None]).sum(2).long()
+    assert torch.equal(only.labels, from_masks)
+    assert not torch.equal(only.labels, every.labels)  # other classes were there
+
+
 def test_validation_clips(cache_dir: Path) -> None:
     data = ClipData(_config(cache_dir, val_cases=("phantom_0001",), augment=HEAVY_AUGMENT))
     assert data.train_cases == ["phantom_0000"] and data.val_cases == ["phantom_0001"]
@@ -221,6 +254,8 @@ def test_bad_settings_raise_input_errors(cache_dir: Path) -> None:
         _config(cache_dir, min_gap=2)
     with pytest.raises(InputError, match="data.label_source"):
         _config(cache_dir, label_source="totalseg")
+    with pytest.raises(InputError, match="data.label_classes"):
+        _config(cache_dir, label_classes="some")
     with pytest.raises(InputError, match="holds an object of >= 100000 pixels"):
         ClipData(_config(cache_dir, min_object_pixels=100_000))
     with pytest.raises(InputError, match="room for 30 frames"):

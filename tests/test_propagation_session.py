@@ -1,5 +1,6 @@
-"""Propagation sessions: output contract, key slices, fusion weights, edge cases, memory bound,
-feature caching and re-propagation of only the segments next to a corrected key."""
+"""Propagation sessions in both object modes (per_object, joint): output contract, key slices,
+fusion weights, edge cases, memory bound, feature caching and re-propagation of only the
+segments next to a corrected key; joint-mode specifics (one-hot key masks, class ids out)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,37 @@ import numpy as np
 import pytest
 import torch
 
+from slicevos.errors import InputError
 from slicevos.inference.memory_bank import FeatureCache, MemoryBank
 from slicevos.inference.propagation import Propagator, fuse_directions
 from slicevos.models.propagation import KeyFeatures, PropagationModelConfig, PropagationNet
 
 HEIGHT, WIDTH = 48, 64
+NUM_CLASSES = 10  # joint mode: class ids 0..9 (the key masks use 3, 7 and 9)
+MODES = ("per_object", "joint")
 
 
-@pytest.fixture(scope="module")
-def net() -> PropagationNet:
+def make_net(mode: str) -> PropagationNet:
     torch.manual_seed(0)
     return PropagationNet(PropagationModelConfig(
         key_backbone="mobilenetv3_small_050", value_backbone="mobilenetv3_small_050",
         key_dim=16, value_dim=32, value_fuser_blocks=1, decoder_channels=(32, 16, 16),
-        in_channels=3))
+        in_channels=3, object_mode=mode, num_classes=NUM_CLASSES))
+
+
+@pytest.fixture(scope="module", params=MODES)
+def net(request: pytest.FixtureRequest) -> PropagationNet:
+    return make_net(request.param)
+
+
+@pytest.fixture(scope="module")
+def joint_net() -> PropagationNet:
+    return make_net("joint")
+
+
+def possible_labels(net: PropagationNet, object_ids: set[int]) -> set[int]:
+    """Labels a session may write: the key objects (per_object) or any class id (joint)."""
+    return set(range(NUM_CLASSES)) if net.joint else {0, *object_ids}
 
 
 def volume(depth: int, height: int = HEIGHT, width: int = WIDTH, seed: int = 0) -> np.ndarray:
@@ -49,7 +67,7 @@ def test_output_contract_and_exact_key_slices(net: PropagationNet) -> None:
     np.testing.assert_array_equal(labels[2], first)
     np.testing.assert_array_equal(labels[7], second)
     assert session.object_ids == [3, 7, 9]
-    assert set(np.unique(labels)) <= {0, 3, 7, 9}
+    assert set(np.unique(labels)) <= possible_labels(net, {3, 7, 9})
     assert session.stats.decoded_slices == 2 * 4 + 2 + 2  # segment (2, 7) twice + both ends
 
 
@@ -203,15 +221,6 @@ def test_repropagation_to_volume_end(net: PropagationNet) -> None:
     np.testing.assert_array_equal(session.labels[:4], before[:4])
 
 
-def test_joint_mode_not_implemented() -> None:
-    joint = PropagationNet(PropagationModelConfig(
-        key_backbone="mobilenetv3_small_050", value_backbone="mobilenetv3_small_050",
-        key_dim=16, value_dim=32, value_fuser_blocks=1, decoder_channels=(32, 16, 16),
-        object_mode="joint", num_classes=3))
-    with pytest.raises(NotImplementedError, match="per_object"):
-        Propagator(joint)
-
-
 def test_session_fuses_each_middle_slice_with_its_keys(net: PropagationNet,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from slicevos.inference import propagation
@@ -220,7 +229,8 @@ def test_session_fuses_each_middle_slice_with_its_keys(net: PropagationNet,
 
     def spy(prob_fwd, prob_bwd, z, z_left, z_right):
         calls.append((z, z_left, z_right))
-        assert prob_fwd.shape == prob_bwd.shape == (3, HEIGHT, WIDTH)
+        channels = NUM_CLASSES if net.joint else 3  # background + 2 objects
+        assert prob_fwd.shape == prob_bwd.shape == (channels, HEIGHT, WIDTH)
         return fuse_directions(prob_fwd, prob_bwd, z, z_left, z_right)
 
     monkeypatch.setattr(propagation, "fuse_directions", spy)
@@ -229,3 +239,71 @@ def test_session_fuses_each_middle_slice_with_its_keys(net: PropagationNet,
     session.add_mask(5, key_mask(shift=2))
     session.run()
     assert sorted(calls) == [(2, 1, 5), (3, 1, 5), (4, 1, 5)]
+
+
+def test_memory_values_per_mode(net: PropagationNet) -> None:
+    """per_object: one memory value per object; joint: one per key slice, whatever the objects
+    (so a new object does not re-encode the other keys)."""
+    session = propagator(net).start(volume(8))
+    session.add_mask(1, key_mask(ids=(3,)))
+    session.add_mask(4, key_mask(ids=(3, 7, 9)))
+    session.run()
+    assert session._key_value(1).shape[0] == (1 if net.joint else 3)
+    encodings = session.stats.value_encodings
+    session.add_mask(6, key_mask(ids=(2,)))  # a new object; slices 5 and 7 are re-propagated
+    assert (4 in session._key_values) == net.joint
+    session.run()
+    # segment (4, 6) needs the values of keys 4 and 6; joint re-encodes only the new key
+    assert session.stats.value_encodings - encodings == (1 if net.joint else 2)
+
+
+def test_joint_key_values_from_one_hot_class_masks(joint_net: PropagationNet,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The value encoder gets the one-hot class mask of the key (K channels summing to 1, the
+    padding background); recent frames get the class probabilities."""
+    seen: list[torch.Tensor] = []
+    original = joint_net.encode_value
+
+    def spy(images, f16, masks, others=None):
+        seen.append(masks.detach().clone())
+        return original(images, f16, masks, others)
+
+    monkeypatch.setattr(joint_net, "encode_value", spy)
+    mask = key_mask(40, 56)
+    session = propagator(joint_net, memory_every=2).start(volume(6, 40, 56))
+    session.add_mask(0, mask)
+    session.run()
+    key, recent = seen[0], seen[1:]
+    assert key.shape == (1, NUM_CLASSES, 48, 64)
+    torch.testing.assert_close(key.sum(1), torch.ones(1, 48, 64))
+    np.testing.assert_array_equal(key[0, :, :40, :56].argmax(0).numpy(), mask)
+    assert (key[0, 0, 40:] == 1).all() and (key[0, 0, :, 56:] == 1).all()
+    assert len(recent) == 2 and all(r.shape == key.shape for r in recent)
+    torch.testing.assert_close(recent[0].sum(1), torch.ones(1, 48, 64))
+    assert ((recent[0] > 0) & (recent[0] < 1)).any()  # soft probabilities, not one-hot
+
+
+def test_joint_labels_are_class_ids(joint_net: PropagationNet,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Joint mode: the argmax of the class probabilities is the label itself, even a class
+    that no key holds (per_object would map channels to key objects)."""
+    def decode(features, readout):
+        logits = torch.zeros(1, NUM_CLASSES, *features.f4.shape[-2:])
+        logits[:, 5] = 10.0
+        return torch.nn.functional.interpolate(logits, scale_factor=4)
+
+    monkeypatch.setattr(joint_net, "decode", decode)
+    session = propagator(joint_net).start(volume(5))
+    session.add_mask(0, key_mask())
+    labels = session.run()
+    assert (labels[1:] == 5).all()
+    np.testing.assert_array_equal(labels[0], key_mask())
+
+
+def test_joint_rejects_ids_beyond_its_classes(joint_net: PropagationNet) -> None:
+    session = propagator(joint_net).start(volume(4))
+    with pytest.raises(InputError, match="class ids 0..9"):
+        session.add_mask(1, key_mask(ids=(3, NUM_CLASSES)))
+    assert session.key_slices == []  # the bad key was not taken
+    session.add_mask(1, key_mask(ids=(3, NUM_CLASSES - 1)))
+    assert session.run().shape == (4, HEIGHT, WIDTH)

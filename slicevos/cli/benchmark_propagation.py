@@ -4,22 +4,27 @@ Parts (``--parts``):
 
 - ``speed``: seconds per propagated slice through a full ``PropagationSession`` (key encoding,
   memory reads, value encodings, both directions and fusion) for 1, 4 and 13 objects at
-  128, 256 and 512 pixels, per config (random weights: speed does not depend on training).
-  The key-encoder time per slice is measured in the same run as the yardstick column.
+  128, 256 and 512 pixels, per config and object mode (``--modes``; joint = the config's
+  network in joint mode over the 14 FLARE22 classes, fed the same 1/4/13-object key masks;
+  random weights: speed does not depend on training). The key-encoder time per slice is
+  measured in the same run as the yardstick column.
 - ``memory``: peak RSS and wall time (``EfficiencyMeter``) of propagating one object through a
   long volume (default 512x512x300) from two keys.
 
-- ``quality``: on the real volumes in ``--data`` with at least 20 slices, the true FLARE labels
-  on every N-th slice (N = 5, 10, 20) are the keys; per-organ DSC on all other slices for
-  nearest-key copy, ITK morphological contour interpolation (when ``itk`` is installed) and,
-  with ``--checkpoint``, a trained propagation model through the session.
+- ``quality``: on the real volumes in ``--data`` with at least 20 slices (or, with ``--data
+  phantom``, ``--phantom-cases`` phantoms of ``--phantom-shape`` from seeds ``--phantom-seed``,
+  +1, ...: pick seeds no training set used), the true FLARE labels on every N-th slice
+  (N = 5, 10, 20) are the keys; per-organ DSC on all other slices for nearest-key copy, ITK
+  morphological contour interpolation (when ``itk`` is installed) and, with ``--checkpoint``
+  (one or more), trained propagation models through the session.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ import torch
 
 from slicevos.cli.common import run_cli
 from slicevos.config import load_config
+from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.inference.baselines import contour_interpolation, nearest_key_copy
 from slicevos.inference.propagation import Propagator, load_propagation_net
 from slicevos.io import FLARE22, load_labels, load_volume
@@ -41,9 +47,17 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "propagation"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
 
-def _net(config_name: str) -> PropagationNet:
+MODES = ("per_object", "joint")
+
+
+def _net(config_name: str, mode: str | None = None) -> PropagationNet:
+    """The config's network with random weights; ``mode`` overrides its object mode (joint:
+    the FLARE22 classes)."""
     torch.manual_seed(0)
-    return PropagationNet(load_config(CONFIGS / f"{config_name}.yaml", PropagationConfig).model)
+    model = load_config(CONFIGS / f"{config_name}.yaml", PropagationConfig).model
+    if mode is not None:
+        model = dataclasses.replace(model, object_mode=mode, num_classes=FLARE22.num_classes)
+    return PropagationNet(model)
 
 
 def _volume(depth: int, size: int, objects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -77,16 +91,17 @@ def _key_encoder_seconds(net: PropagationNet, size: int) -> float:
 
 
 def part_speed(configs: Sequence[str], sizes: Sequence[int], objects: Sequence[int],
-               depth: int) -> None:
-    print(f"\n{'config':<10}{'size':>6}{'key enc s':>11}"
+               depth: int, modes: Sequence[str] = MODES) -> None:
+    print(f"\n{'config':<10}{'mode':<12}{'size':>6}{'key enc s':>11}"
           + "".join(f"{f'{o} obj s/slice':>16}" for o in objects))
     for name in configs:
-        net = _net(name).eval()
+        nets = {mode: _net(name, mode).eval() for mode in modes}
         for size in sizes:
-            with torch.no_grad():
-                row = [_seconds_per_slice(net, size, o, depth) for o in objects]
-            print(f"{name:<10}{size:>6}{_key_encoder_seconds(net, size):>11.3f}"
-                  + "".join(f"{t:>16.3f}" for t in row))
+            for mode, net in nets.items():
+                with torch.no_grad():
+                    row = [_seconds_per_slice(net, size, o, depth) for o in objects]
+                print(f"{name:<10}{mode:<12}{size:>6}{_key_encoder_seconds(net, size):>11.3f}"
+                      + "".join(f"{t:>16.3f}" for t in row))
 
 
 def part_memory(config: str, size: int, depth: int) -> None:
@@ -102,73 +117,89 @@ def part_memory(config: str, size: int, depth: int) -> None:
           f"image {image.nbytes / 2**20:.0f} MB, labels {labels.nbytes / 2**20:.0f} MB")
 
 
-def _methods(checkpoint: str | None) -> dict[str, Any]:
-    methods: dict[str, Any] = {"nearest copy": nearest_key_copy}
+def _methods(checkpoints: Sequence[str]) -> dict[str, Any]:
+    """name -> fn(keys, depth, hu) giving the labels (depth, H, W)."""
+    methods: dict[str, Any] = {"nearest copy": lambda keys, depth, hu: nearest_key_copy(keys,
+                                                                                     depth)}
     try:
         import itk  # noqa: F401
 
-        methods["contour interp"] = contour_interpolation
+        methods["contour interp"] = lambda keys, depth, hu: contour_interpolation(keys, depth)
     except ImportError:
         print("note: itk is not installed; contour interpolation skipped (pip install "
               '"slicevos[interp]")')
-    if checkpoint:
+    for checkpoint in checkpoints:
         net, windows = load_propagation_net(checkpoint)
 
-        def propagate(keys: dict[int, np.ndarray], depth: int, image: np.ndarray) -> np.ndarray:
+        def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray,
+                      net: PropagationNet = net, windows: Any = windows) -> np.ndarray:
             session = Propagator(net, feature_dtype=torch.float32).start(
-                window_volume(image, windows))
+                window_volume(hu, windows))
             for z, labels in keys.items():
                 session.add_mask(z, labels)
             return session.run()
 
-        methods["stcn"] = propagate
+        name = "stcn" if len(checkpoints) == 1 else f"stcn {Path(checkpoint).parent.name}"
+        methods[name] = propagate
     return methods
 
 
-def part_quality(data: Path, steps: Sequence[int], checkpoint: str | None) -> None:
-    cases = [c for c in sorted(data.glob("*/label_flare.nii.gz"))]
-    methods = _methods(checkpoint)
-    scores: dict[tuple[int, str], dict[str, list[float]]] = {}
-    used = []
-    for label_file in cases:
+def _real_cases(data: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, HU (D, H, W), FLARE22 labels) of the real volumes with >= 20 slices."""
+    for label_file in sorted(data.glob("*/label_flare.nii.gz")):
         volume = load_volume(label_file.parent / "ct.nii.gz")
         truth, _ = load_labels(label_file, reference=volume, schema=FLARE22)
-        if len(truth) < 20:
-            continue
-        used.append(label_file.parent.name)
+        if len(truth) >= 20:
+            yield label_file.parent.name, volume.hu, truth
+
+
+def _phantom_cases(count: int, shape: Sequence[int], seed: int
+                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    for s in range(seed, seed + count):
+        phantom = make_phantom(s, PhantomConfig(shape=tuple(shape)))
+        yield f"phantom_s{s}", phantom.hu, phantom.labels
+
+
+def part_quality(cases: Iterator[tuple[str, np.ndarray, np.ndarray]], steps: Sequence[int],
+                 checkpoints: Sequence[str] = ()) -> None:
+    methods = _methods(checkpoints)
+    scores: dict[tuple[int, str], dict[str, list[float]]] = {}
+    used = []
+    for case_name, hu, truth in cases:
+        used.append(case_name)
         for step in steps:
-            key_z = list(range(0, len(truth), step))
-            keys = {z: truth[z] for z in key_z}
+            keys = {z: truth[z] for z in range(0, len(truth), step)}
             others = np.array([z for z in range(len(truth)) if z not in keys])
+            present = [c for c in FLARE22.classes if (truth[others] == c.id).any()]
             for name, method in methods.items():
-                args = (keys, len(truth), volume.hu) if name == "stcn" else (keys, len(truth))
-                pred = method(*args)
+                pred = method(keys, len(truth), hu)
                 table = scores.setdefault((step, name), {})
-                present = [c for c in FLARE22.classes if (truth[others] == c.id).any()]
                 for c in present:
                     table.setdefault(c.name, []).append(
                         dice(truth[others] == c.id, pred[others] == c.id))
     organs = [c.name for c in FLARE22.classes if any(c.name in t for t in scores.values())]
     short = {n: n.replace("inferior_vena_cava", "ivc").replace("_adrenal_gland", "_adr")[:9]
              for n in organs}
-    print(f"\nDSC on non-key slices, mean over the real volumes with >= 20 slices "
-          f"({', '.join(used)})")
-    print(f"{'keys':<9}{'method':<16}" + "".join(f"{short[o]:>10}" for o in organs)
+    print(f"\nDSC on non-key slices, mean over the volumes ({', '.join(used)})")
+    width = max(16, *(len(n) + 2 for n in methods))
+    print(f"{'keys':<9}{'method':<{width}}" + "".join(f"{short[o]:>10}" for o in organs)
           + f"{'mean':>8}")
     for (step, name), table in sorted(scores.items()):
         means = [float(np.mean(table[o])) if o in table else float("nan") for o in organs]
-        print(f"{'every ' + str(step):<9}{name:<16}" + "".join(f"{m:>10.3f}" for m in means)
+        print(f"{'every ' + str(step):<9}{name:<{width}}" + "".join(f"{m:>10.3f}" for m in means)
               + f"{np.nanmean(means):>8.3f}")
 
 
 def _body(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if "speed" in args.parts:
-        part_speed(args.configs, args.sizes, args.objects, args.depth)
+        part_speed(args.configs, args.sizes, args.objects, args.depth, args.modes)
     if "memory" in args.parts:
         part_memory(args.memory_config, args.memory_size, args.memory_depth)
     if "quality" in args.parts:
-        part_quality(Path(args.data), args.key_steps, args.checkpoint)
+        cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed)
+                 if args.data == "phantom" else _real_cases(Path(args.data)))
+        part_quality(cases, args.key_steps, args.checkpoint or ())
     return 0
 
 
@@ -182,12 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256, 512])
     parser.add_argument("--objects", nargs="+", type=int, default=[1, 4, 13])
     parser.add_argument("--depth", type=int, default=5, help="speed: slices per test volume")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="speed: object modes to time")
     parser.add_argument("--memory-config", default="fast_cpu")
     parser.add_argument("--memory-size", type=int, default=512)
     parser.add_argument("--memory-depth", type=int, default=300)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="quality: real cases folder")
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="quality: real cases folder, or 'phantom'")
+    parser.add_argument("--phantom-cases", type=int, default=4)
+    parser.add_argument("--phantom-shape", nargs=3, type=int, default=[48, 96, 96],
+                        metavar=("D", "H", "W"))
+    parser.add_argument("--phantom-seed", type=int, default=1000,
+                        help="first phantom seed (held out: not a training case seed)")
     parser.add_argument("--key-steps", nargs="+", type=int, default=[5, 10, 20])
-    parser.add_argument("--checkpoint", help="quality: a propagation checkpoint to evaluate")
+    parser.add_argument("--checkpoint", nargs="+",
+                        help="quality: propagation checkpoint(s) to evaluate")
     return run_cli(_body, parser, argv)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from torch.utils.data import Dataset
 
 from slicevos.errors import InputError, warn_input
 
@@ -122,3 +123,21 @@ def augment_slice(pipeline: Any | None, image: np.ndarray, labels: np.ndarray | 
     if out_image.ndim == 2:
         out_image = out_image[..., None]
     return np.moveaxis(out_image, -1, 0), out.get("mask") if labels is not None else None
+
+
+class AugmentedDataset(Dataset):
+    """A ``Dataset`` whose albumentations pipeline is built from ``self.config.augment`` (when
+    ``self.augment``, default True) and rebuilt after unpickling, since pipelines do not
+    pickle into ``DataLoader`` worker processes. Subclasses call :meth:`_init_augmentation`."""
+
+    augment: bool = True
+
+    def _init_augmentation(self) -> None:
+        self._pipeline = build_augmentation(self.config.augment) if self.augment else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pipeline": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_augmentation()

@@ -9,7 +9,8 @@ function of (seed, rank, step, i). ``loader(start_step)`` yields the identical b
 
 Per clip: read the T slices, augment every frame with the same seed (the same geometric
 transform for the whole clip), crop all frames with one window centred on a pixel of one of
-the chosen objects in frame 0 (or pad with 0), then one binary mask per object and frame.
+the chosen objects in frame 0 (or pad with 0), then one binary mask per object and frame, and
+the cropped label map itself (for joint, all-classes training).
 Objects left with fewer than ``min_object_pixels`` pixels in frame 0 after augmentation and
 crop are dropped; when none is left the clip is augmented again with the next seed, and the
 last attempt goes without augmentation (keeping any object with a pixel in frame 0).
@@ -25,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from slicevos.config import check_fields
-from slicevos.data.augment import augment_slice, build_augmentation
+from slicevos.data.augment import AugmentedDataset, augment_slice
 from slicevos.data.batch import TensorBatch
 from slicevos.data.cache import INDEX_FILE, SliceCache, class_areas
 from slicevos.data.clip_sampling import (
@@ -44,6 +45,7 @@ from slicevos.errors import InputError
 from slicevos.preprocessing.position import relative_position
 
 LABEL_SOURCES = ("labels",)
+LABEL_CLASSES = ("all", "objects")
 AUGMENT_ATTEMPTS = 4  # the last one without augmentation
 
 
@@ -56,7 +58,10 @@ class ClipDataConfig:
     ``max_objects`` objects per clip (1.. of them drawn); an object needs ``min_object_pixels``
     pixels in frame 0. ``crop_size`` (h, w): a multiple of the network's output stride.
     ``augment``: path / spec of ``slicevos.data.augment``. ``label_source``: "labels" (the
-    cache's labels.npy; any id > 0 is an object).
+    cache's labels.npy; any id > 0 is an object). ``label_classes``: what a clip's ``labels``
+    (joint-mode input and targets) hold: every class of the frames ("all") or only the clip's
+    sampled objects, other ids set to 0 ("objects": joint training then has to follow the
+    classes its key gives instead of segmenting every class it knows).
     """
 
     cache_dir: str
@@ -74,6 +79,7 @@ class ClipDataConfig:
     val_cases: tuple[str, ...] = ()
     val_fraction: float = 0.0
     label_source: str = "labels"
+    label_classes: str = "all"
     workers: int = 0
     seed: int = 0
 
@@ -94,6 +100,7 @@ class ClipDataConfig:
             "min_object_pixels": (self.min_object_pixels >= 1, "a positive integer"),
             "val_fraction": (0 <= self.val_fraction < 1, "a fraction in [0, 1)"),
             "label_source": (self.label_source in LABEL_SOURCES, f"one of {LABEL_SOURCES}"),
+            "label_classes": (self.label_classes in LABEL_CLASSES, f"one of {LABEL_CLASSES}"),
             "workers": (self.workers >= 0, "an integer >= 0"),
             "seed": (self.seed >= 0, "an integer >= 0"),
         }
@@ -113,8 +120,11 @@ class ClipBatch(TensorBatch):
     object slot o covers the pixel (objects never overlap; padding slots are all 0);
     ``object_ids`` int64 (B, O) the objects' label ids, 0 for padding; ``valid`` bool (B, O)
     real objects (slot 0 of every clip is valid; an object of ``keys[b].object_ids`` that the
-    crop left with too few pixels in frame 0 is dropped here); ``frames`` int64 (B, T) slice indices,
-    frame 0 the one whose masks are given; ``positions`` float32 (B, T) z / (D - 1);
+    crop left with too few pixels in frame 0 is dropped here); ``frames`` int64 (B, T) slice
+    indices, frame 0 the one whose masks are given; ``positions`` float32 (B, T) z / (D - 1);
+    ``labels`` int64 (B, T, H, W) the cropped frames' label ids as stored in the cache (every
+    class, or only the objects with ``label_classes="objects"``; 0 background and padding),
+    for joint-mode training;
     ``keys`` the ``ClipKey`` of each clip.
     """
 
@@ -124,11 +134,11 @@ class ClipBatch(TensorBatch):
     valid: torch.Tensor
     frames: torch.Tensor
     positions: torch.Tensor
+    labels: torch.Tensor
     keys: tuple[ClipKey, ...] = field(default=(), compare=False)
 
     def __len__(self) -> int:
         return self.images.shape[0]
-
 
     def targets(self) -> torch.Tensor:
         """int64 (B, T, H, W): 0 background, o + 1 where object slot o is (the class ids of
@@ -140,27 +150,22 @@ class ClipBatch(TensorBatch):
 def collate_clips(samples: Sequence[Mapping[str, Any]]) -> ClipBatch:
     """Stack ``ClipDataset`` samples into a ``ClipBatch``."""
     return ClipBatch(**{name: torch.stack([s[name] for s in samples]) for name in
-                        ("images", "masks", "object_ids", "valid", "frames", "positions")},
+                        ("images", "masks", "object_ids", "valid", "frames", "positions",
+                         "labels")},
                      keys=tuple(s["key"] for s in samples))
 
 
-class ClipDataset(Dataset):
+class ClipDataset(AugmentedDataset):
     """Clips of one sampler: ``dataset[(step, i)]`` or ``dataset[ClipKey]`` -> dict with
     ``images`` (T, C, h, w), ``masks`` (T, O, h, w), ``object_ids`` (O,), ``valid`` (O,),
-    ``frames`` (T,), ``positions`` (T,), ``key``. Picklable (for ``DataLoader`` workers)."""
+    ``frames`` (T,), ``positions`` (T,), ``labels`` (T, h, w) int64, ``key``. Picklable (for
+    ``DataLoader`` workers)."""
 
     def __init__(self, cache: SliceCache, config: ClipDataConfig, sampler: ClipSampler,
                  rank: int = 0, augment: bool = True) -> None:
         self.cache, self.config, self.sampler, self.rank = cache, config, sampler, rank
         self.augment = augment
-        self._pipeline = build_augmentation(config.augment) if augment else None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pipeline": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pipeline = build_augmentation(self.config.augment) if self.augment else None
+        self._init_augmentation()
 
     def __len__(self) -> int:
         """Number of first slices clips start from (samples are keyed, not indexed)."""
@@ -200,6 +205,8 @@ class ClipDataset(Dataset):
         slots = np.zeros(self.config.max_objects, dtype=np.int64)
         slots[:len(kept)] = kept
         masks = (labels[:, None] == slots[None, :, None, None]) & (slots > 0)[None, :, None, None]
+        if self.config.label_classes == "objects":
+            labels = np.where(np.isin(labels, slots[slots > 0]), labels, 0)
         depth = self.cache.num_slices(key.case_id)
         return {
             "images": torch.from_numpy(image.astype(np.float32) / 255),
@@ -208,6 +215,7 @@ class ClipDataset(Dataset):
             "valid": torch.from_numpy(slots > 0),
             "frames": torch.tensor(key.frames, dtype=torch.int64),
             "positions": torch.from_numpy(relative_position(np.array(key.frames), depth)),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
             "key": key,
         }
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from slicevos.config import check_fields
-from slicevos.data.augment import augment_slice, build_augmentation
+from slicevos.data.augment import AugmentedDataset, augment_slice
 from slicevos.data.batch import TensorBatch
 from slicevos.data.cache import INDEX_FILE, SliceCache
 from slicevos.data.sampling import (
@@ -123,7 +123,7 @@ def collate_slices(samples: Sequence[Mapping[str, Any]]) -> SliceBatch:
     )
 
 
-class SliceDataset(Dataset):
+class SliceDataset(AugmentedDataset):
     """Samples of one stream: ``dataset[(step, i)]`` or ``dataset[SampleKey]`` -> dict with
     ``image`` float32 (C, h, w), ``target`` int64 (h, w) or None, ``position`` float,
     ``annotated`` bool (K,) or None, ``key``. Picklable (for ``DataLoader`` workers)."""
@@ -132,14 +132,7 @@ class SliceDataset(Dataset):
                  stream: SliceStream, rank: int = 0) -> None:
         self.cache, self.config, self.num_classes = cache, config, num_classes
         self.stream, self.rank = stream, rank
-        self._pipeline = build_augmentation(config.augment)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pipeline": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pipeline = build_augmentation(self.config.augment)
+        self._init_augmentation()
 
     def __len__(self) -> int:
         """Number of slices the stream draws from (samples are keyed, not indexed)."""

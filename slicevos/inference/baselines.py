@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import importlib.util
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import numpy as np
 
@@ -26,14 +31,17 @@ def contour_interpolation(keys: Mapping[int, np.ndarray], depth: int) -> np.ndar
     """ITK's morphological contour interpolation (Zukic et al.) between the key slices, per
     label, along the slice axis. Slices beyond the outermost keys stay background (it does not
     extrapolate). Needs the optional ``itk-morphologicalcontourinterpolation`` package
-    (``pip install "slicevos[interp]"``)."""
-    try:
-        import itk
-    except ImportError:
+    (``pip install "slicevos[interp]"``).
+
+    ITK runs in a separate worker process (spawned once, reused): ITK's SWIG runtime and torch
+    in one process corrupt the heap at interpreter exit (``malloc_consolidate(): unaligned
+    fastbin chunk``, exit code 134), so the two are never loaded together.
+    """
+    if importlib.util.find_spec("itk") is None:
         from slicevos.errors import InputError
 
         raise InputError(None, "contour interpolation needs ITK, which is not installed",
-                         'pip install "slicevos[interp]"') from None
+                         'pip install "slicevos[interp]"')
     if not keys:
         raise ValueError("contour_interpolation needs at least one key slice")
     first = next(iter(keys.values()))
@@ -42,10 +50,24 @@ def contour_interpolation(keys: Mapping[int, np.ndarray], depth: int) -> np.ndar
         if not 0 <= z < depth:
             raise ValueError(f"key slice {z} is outside a volume of {depth} slices")
         stack[z] = labels
-    interpolator = itk.MorphologicalContourInterpolator.New(itk.image_from_array(stack))
-    interpolator.SetAxis(2)  # ITK orders axes (x, y, z): numpy axis 0 (slices) is ITK axis 2
-    interpolator.Update()
-    out = itk.array_from_image(interpolator.GetOutput()).astype(np.uint8)
+    out = _itk_worker().submit(_itk_interpolate, stack).result()
     for z, labels in keys.items():
         out[z] = labels  # keys come out exactly as given
     return out
+
+
+def _itk_interpolate(stack: np.ndarray) -> np.ndarray:
+    """In the ITK worker: interpolate the label stack (D, H, W) along axis 0."""
+    import itk
+
+    interpolator = itk.MorphologicalContourInterpolator.New(itk.image_from_array(stack))
+    interpolator.SetAxis(2)  # ITK orders axes (x, y, z): numpy axis 0 (slices) is ITK axis 2
+    interpolator.Update()
+    return itk.array_from_image(interpolator.GetOutput()).astype(np.uint8)
+
+
+@functools.cache
+def _itk_worker() -> ProcessPoolExecutor:
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    atexit.register(pool.shutdown)
+    return pool

@@ -73,18 +73,23 @@ def choose_keys(areas: np.ndarray, sampled: np.ndarray, class_ids: list[int] | t
 
 def select_key_slices(image: np.ndarray, segmenter: SliceSegmenter, num_classes: int,
                       stride: int = 8, class_ids: list[int] | None = None,
-                      min_area: int = 1) -> KeySlices:
+                      min_area: int = 1, z_offset: int = 0,
+                      full_depth: int | None = None) -> KeySlices:
     """Pick key slices of one volume.
 
     ``image``: windowed uint8 (D, C, H, W). Samples every ``stride``-th slice
     (:func:`sample_slices`), segments them in batches, and keeps per class the largest
     occurrence. ``class_ids`` defaults to all foreground classes ``1..num_classes-1``.
+    When ``image`` is the part ``z_offset .. z_offset + D`` of a volume of ``full_depth``
+    slices (a localizer's range), the slice positions given to the segmenter are those of the
+    full volume; the returned indices are relative to ``image``.
     """
     if image.ndim != 4:
         raise ValueError(f"expected a windowed (D, C, H, W) volume, got shape {image.shape}")
     depth = image.shape[0]
     sampled = sample_slices(depth, stride)
-    labels = segmenter.segment(image[sampled], relative_position(sampled, depth))
+    positions = relative_position(sampled + z_offset, full_depth or depth)
+    labels = segmenter.segment(image[sampled], positions)
     areas = np.stack([np.bincount(lab.ravel(), minlength=num_classes)[:num_classes]
                       for lab in labels])
     classes = list(range(1, num_classes)) if class_ids is None else list(class_ids)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from slicevos.config import from_dict
-from slicevos.inference.checkpoints import load_with_windows
+from slicevos.inference.checkpoints import build_and_load, load_with_windows
+from slicevos.inference.uncertainty import label_disagreement
 from slicevos.io.labels import LabelSchema, get_schema
 from slicevos.models.reference.cps import CPSConfig, CPSPair, build_cps_pair
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
@@ -26,8 +27,8 @@ from slicevos.preprocessing.windowing import Window
 @dataclass
 class SlicePrediction:
     """Per-slice outputs: ``labels`` (N, H, W) uint8, ``probabilities`` (N, K, H, W) float32 or
-    None, ``disagreement`` (N,) float32: fraction of pixels where the two networks' argmax
-    differ (0 when the model is a single network)."""
+    None, ``disagreement`` (N,) float32: :func:`label_disagreement` of the two networks'
+    argmax (0 when the model is a single network)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
@@ -48,9 +49,9 @@ def load_reference_pair(path: str | PathLike, device: str | torch.device = "cpu"
     """Rebuild the CPS pair from a reference checkpoint alone (its config and weights)."""
     payload, windows = load_with_windows(path, "reference_cps", "slicevos-train-reference")
     schema = get_schema(payload["config"]["schema"])
-    pair = build_cps_pair(from_dict(CPSConfig, payload["config"]["model"], str(path)),
-                          schema.num_classes, len(windows))
-    pair.load_state_dict(payload["model"])
+    config = from_dict(CPSConfig, payload["config"]["model"], str(path))
+    pair = build_and_load(path, lambda: build_cps_pair(config, schema.num_classes, len(windows)),
+                          payload["model"], "slicevos-train-reference")
     return pair.to(device).eval(), ReferenceModelInfo(schema, windows, Path(path))
 
 
@@ -108,7 +109,7 @@ class ReferenceSegmenter:
                 prob_a = crop_to(logits[0].float().softmax(1), height, width)
                 prob_b = crop_to(logits[1].float().softmax(1), height, width)
                 mean_prob = (prob_a + prob_b) / 2
-                disagree = (prob_a.argmax(1) != prob_b.argmax(1)).float().mean((1, 2))
+                disagree = label_disagreement(prob_a.argmax(1), prob_b.argmax(1))
             labels.append(mean_prob.argmax(1).to(torch.uint8).cpu().numpy())
             disagreement.append(disagree.cpu().numpy())
             if keep_probabilities:

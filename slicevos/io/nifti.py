@@ -154,20 +154,37 @@ def save_labels(
     The file gets the input's shape, axis order and affine. With ``schema`` a JSON sidecar
     (``<name>.json``: id -> name) is written beside it. Both writes are atomic.
     """
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"label values must fit uint8, got {labels.min()}..{labels.max()}")
+    path = save_volume(labels.astype(np.uint8, copy=False), geometry, path)
+    if schema is not None:
+        write_label_map(label_map_path(path), schema)
+    return path
+
+
+def save_volume(
+    array: np.ndarray,
+    geometry: Geometry | Volume,
+    path: str | PathLike,
+    slope: float = 1.0,
+    inter: float = 0.0,
+) -> Path:
+    """Write a canonical (D, H, W) array (its own dtype) as NIfTI in the input's own geometry.
+
+    Readers see ``stored * slope + inter`` (NIfTI ``scl_slope`` / ``scl_inter``), e.g. a uint8
+    map with ``slope=1/255`` reads back as 0..1. The write is atomic.
+    """
     geometry = geometry.geometry if isinstance(geometry, Volume) else geometry
     path = Path(path)
     if not is_nifti(path):
         raise InputError(path, "output name must end in .nii or .nii.gz", "rename the output")
-    if labels.shape != geometry.canonical_shape:
-        raise ValueError(f"labels {labels.shape} do not match the volume {geometry.canonical_shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"label values must fit uint8, got {labels.min()}..{labels.max()}")
-    file_array = np.ascontiguousarray(geometry.from_canonical(labels.astype(np.uint8)))
+    if array.shape != geometry.canonical_shape:
+        raise ValueError(f"array {array.shape} does not match the volume {geometry.canonical_shape}")
+    file_array = np.ascontiguousarray(geometry.from_canonical(array))
     if geometry.header is not None:
         header = geometry.header.copy()
-        header.set_data_dtype(np.uint8)
+        header.set_data_dtype(file_array.dtype)
         img = nib.Nifti1Image(file_array, geometry.affine, header)
-        img.header.set_slope_inter(1.0, 0.0)
         qcode, scode = int(header["qform_code"]), int(header["sform_code"])
         img.set_qform(geometry.affine if qcode else None, code=qcode)
         img.set_sform(geometry.affine, code=scode or 1)
@@ -175,10 +192,9 @@ def save_labels(
         img = nib.Nifti1Image(file_array, geometry.affine)
         img.set_qform(geometry.affine, code=1)
         img.set_sform(geometry.affine, code=1)
+    img.header.set_slope_inter(slope, inter)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-    if schema is not None:
-        write_label_map(label_map_path(path), schema)
     return path
 
 

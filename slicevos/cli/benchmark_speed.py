@@ -1,0 +1,191 @@
+"""slicevos-benchmark-speed: end-to-end seconds and peak memory of slicevos-infer on phantom
+volumes (default 512x512x100 and x300) for the paper and fast configs, against nnU-Net's
+3d_fullres sliding-window inference on the same volumes, measured in the same run.
+
+Every measurement runs in a fresh process, so each peak RSS is its own. slicevos runs are the
+automatic pipeline (load, windowing, reference key slices, propagation, LCC, write) with
+random-weight networks built from configs/{reference,propagation}/<config>.yaml, unless
+checkpoints are given. Random networks label noise, so the key slices carry more objects
+than a trained model finds: the table shows the keys and objects each run propagated. The
+baseline needs ``pip install -e ".[bench]"``; on a CPU it stops after ``--baseline-max-tiles``
+tiles and extrapolates from the measured time per tile (both columns shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from slicevos.cli.common import run_cli
+from slicevos.io.atomic import atomic_write_bytes
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TARGET_FAST_100_S = 60.0
+TARGET_SPEEDUP = 5.0
+
+
+def make_phantom_file(folder: Path, depth: int, size: int, seed: int = 0) -> Path:
+    """A phantom CT of (depth, size, size) as NIfTI (FLARE organs; the labels are not used)."""
+    from slicevos.data.phantom import PhantomConfig
+    from slicevos.data.phantom_dataset import write_phantom_dataset
+
+    out = folder / f"phantom_{depth}x{size}"
+    write_phantom_dataset(out, n_labeled=0, n_unlabeled=1,
+                          config=PhantomConfig(shape=(depth, size, size)), seed=seed,
+                          progress=False)
+    return next((out / "unlabeled").glob("*.nii.gz"))
+
+
+def random_pipeline(config_name: str, device: str, reference: str | None,
+                    propagation: str | None):
+    """A VolumePipeline with the networks of ``config_name`` (random weights), or loaded from
+    the given checkpoints."""
+    import dataclasses
+
+    import yaml
+
+    from slicevos.config import from_dict
+    from slicevos.inference.config import InferenceConfig
+    from slicevos.inference.pipeline import VolumePipeline
+    from slicevos.inference.propagation import Propagator
+    from slicevos.inference.segmenter import ReferenceSegmenter
+    from slicevos.io.labels import get_schema
+    from slicevos.models.propagation import PropagationModelConfig, PropagationNet
+    from slicevos.models.reference.cps import CPSConfig, build_cps_pair
+    from slicevos.preprocessing.windowing import resolve_windows
+
+    inference_file = CONFIGS / "inference" / f"{config_name}.yaml"
+    options = from_dict(InferenceConfig, yaml.safe_load(
+        (inference_file if inference_file.exists() else CONFIGS / "inference" / "default.yaml")
+        .read_text()))
+    if reference and propagation:
+        return VolumePipeline.from_checkpoints(propagation, reference, None, options, device)
+    schema, windows = get_schema("flare22"), resolve_windows()
+    ref_cfg = yaml.safe_load((CONFIGS / "reference" / f"{config_name}.yaml").read_text())
+    prop_cfg = yaml.safe_load((CONFIGS / "propagation" / f"{config_name}.yaml").read_text())
+    pair = build_cps_pair(from_dict(CPSConfig, ref_cfg["model"]), schema.num_classes,
+                          len(windows))
+    net_config = from_dict(PropagationModelConfig, prop_cfg["model"])
+    net = PropagationNet(dataclasses.replace(net_config, num_classes=schema.num_classes,
+                                             in_channels=len(windows)))
+    propagator = Propagator(net, device, options.memory_every, options.max_memory_frames,
+                            features_on_cpu=options.features_on_cpu,
+                            feature_cache_slices=options.feature_cache_slices)
+    segmenter = ReferenceSegmenter(pair.eval(), device, options.batch_size)
+    return VolumePipeline(propagator, windows, schema, segmenter, windows, None, options)
+
+
+def time_slicevos(image: str, config_name: str, device: str, reference: str | None,
+                  propagation: str | None, threads: int) -> dict[str, Any]:
+    """One automatic run in this (fresh) process: seconds per stage, total, peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from slicevos.cli.infer_cases import Case, OutputOptions, run_case
+
+    pipeline = random_pipeline(config_name, device, reference, propagation)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run_case(Case("bench", Path(image), Path(tmp) / "out.nii.gz"), pipeline,
+                          OutputOptions(progress=False))
+    return {"method": f"slicevos {config_name}", "total_s": sum(report.timing_s.values()),
+            "stages_s": report.timing_s, "peak_rss_mb": report.memory_mb["peak_rss_mb"],
+            "peak_gpu_mb": report.memory_mb["peak_gpu_mb"], "keys": len(report.key_slices),
+            "objects": len(report.organs)}
+
+
+def time_baseline(image: str, device: str, max_tiles: int | None, mirror: bool,
+                  threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    from slicevos.inference.nnunet_baseline import run_nnunet_baseline
+    from slicevos.io.loader import load_volume
+
+    volume = load_volume(image)
+    result = run_nnunet_baseline(volume.hu, volume.spacing, device=device, mirror=mirror,
+                                 max_tiles=max_tiles)
+    return {"method": f"nnU-Net 3d_fullres{' + mirroring' if mirror else ''}",
+            "total_s": result.total_s, "estimated_total_s": result.estimated_total_s,
+            "stages_s": result.seconds, "tiles": f"{result.tiles_run}/{result.tiles_total}",
+            "peak_rss_mb": result.memory.get("peak_rss_mb"),
+            "peak_gpu_mb": result.memory.get("peak_gpu_mb")}
+
+
+def _in_fresh_process(function, *args) -> dict[str, Any]:
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'volume':>12} {'method':<32} {'seconds':>9} {'est. all':>9} {'peak RSS MB':>11} "
+             f"{'GPU MB':>8} {'keys/objects':>12} {'vs slicevos fast':>16}"]
+    for r in rows:
+        est = r.get("estimated_total_s", r["total_s"])
+        gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
+        ko = f"{r['keys']}/{r['objects']}" if "keys" in r else r.get("tiles", "")
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.1f}x"
+        lines.append(f"{r['volume']:>12} {r['method']:<32} {r['total_s']:>9.1f} {est:>9.1f} "
+                     f"{r['peak_rss_mb'] or 0:>11.0f} {gpu:>8} {ko:>12} {ratio:>16}")
+    return "\n".join(lines)
+
+
+def _body(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for depth in args.depths:
+            image = str(make_phantom_file(Path(tmp), depth, args.size))
+            volume = f"{args.size}x{args.size}x{depth}"
+            for name in args.configs:
+                row = _in_fresh_process(time_slicevos, image, name, args.device,
+                                        args.reference, args.propagation, args.threads)
+                rows.append({"volume": volume, **row})
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+            if args.no_baseline:
+                continue
+            fast = next((r for r in rows if r["volume"] == volume
+                         and r["method"].endswith(args.configs[-1])), None)
+            for mirror in args.baseline_mirror:
+                row = _in_fresh_process(time_baseline, image, args.device,
+                                        args.baseline_max_tiles or None, bool(mirror),
+                                        args.threads)
+                if fast:
+                    row["ratio"] = row["estimated_total_s"] / fast["total_s"]
+                rows.append({"volume": volume, **row})
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print("\n" + format_table(rows))
+    print(f"targets: fast config <= {TARGET_FAST_100_S:.0f} s for 512x512x100; "
+          f">= {TARGET_SPEEDUP:.0f}x faster than the nnU-Net baseline ('vs slicevos fast', "
+          "estimated all-tile time / slicevos time)")
+    if args.out:
+        atomic_write_bytes(args.out, json.dumps(rows, indent=2).encode())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="slicevos-benchmark-speed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depths", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--size", type=int, default=512, help="in-plane size (default 512)")
+    parser.add_argument("--configs", nargs="+", default=["paper", "fast_cpu"],
+                        help="network configs; the last one is the baseline's comparison")
+    parser.add_argument("--reference", help="time this reference checkpoint instead")
+    parser.add_argument("--propagation", help="time this propagation checkpoint instead")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--baseline-mirror", type=int, nargs="+", default=[0], choices=(0, 1),
+                        help="0: no TTA, 1: nnU-Net's default 8x mirroring (both: 0 1)")
+    parser.add_argument("--baseline-max-tiles", type=int, default=6,
+                        help="CPU: stop after this many tiles and extrapolate (0 = all)")
+    parser.add_argument("--out", help="write the rows as JSON")
+    return run_cli(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

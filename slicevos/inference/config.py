@@ -1,0 +1,63 @@
+"""Options of the whole-volume pipeline (``slicevos-infer``), loaded from ``configs/inference/``.
+
+The networks themselves come from the checkpoints (each carries its own config); this file only
+says how they are run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slicevos.config import check_fields
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+TTA_CHOICES = ("none", "flip_lr", "flip_lr_ud")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How ``VolumePipeline`` runs.
+
+    Reference stage: ``key_stride`` samples one slice in that many for key-slice selection;
+    an organ needs ``min_key_area`` pixels on its key slice; ``tta`` flips averaged with the
+    plain prediction ("flip_lr": left-right; "flip_lr_ud": + up-down); ``batch_size`` slices per
+    reference call. Propagation: a pass stores a frame every ``memory_every`` slices, at most
+    ``max_memory_frames`` of them besides the keys; ``feature_cache_slices`` bounds the per-slice
+    key-feature cache (None = every slice; bounded by default so 1000-slice volumes fit);
+    ``features_on_cpu`` keeps memory features in host RAM (GPU runs of long volumes).
+    Localizer: slices with abdomen probability >= ``localizer_threshold``, widened by
+    ``localizer_margin_slices``; ``localizer_stride`` classifies every n-th slice only.
+    ``largest_component``: keep each organ's largest 3D connected component. ``amp``: bf16/fp16
+    autocast on CUDA ("none" on CPU).
+    """
+
+    key_stride: int = 8
+    min_key_area: int = 20
+    tta: str = "none"
+    batch_size: int = 8
+    memory_every: int = 5
+    max_memory_frames: int = 8
+    feature_cache_slices: int | None = 64
+    features_on_cpu: bool = False
+    localizer_threshold: float = 0.5
+    localizer_margin_slices: int = 3
+    localizer_stride: int = 1
+    largest_component: bool = True
+    amp: str = "none"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "key_stride": (self.key_stride >= 1, "an integer >= 1"),
+            "min_key_area": (self.min_key_area >= 1, "an integer >= 1"),
+            "tta": (self.tta in TTA_CHOICES, f"one of {TTA_CHOICES}"),
+            "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "memory_every": (self.memory_every >= 1, "an integer >= 1"),
+            "max_memory_frames": (self.max_memory_frames >= 0, "an integer >= 0"),
+            "feature_cache_slices": (self.feature_cache_slices is None
+                                     or self.feature_cache_slices >= 1, "null or >= 1"),
+            "localizer_threshold": (0 < self.localizer_threshold < 1, "a probability in (0, 1)"),
+            "localizer_margin_slices": (self.localizer_margin_slices >= 0, "an integer >= 0"),
+            "localizer_stride": (self.localizer_stride >= 1, "an integer >= 1"),
+            "amp": (self.amp in AMP_CHOICES, f"one of {AMP_CHOICES}"),
+        }
+        check_fields(self, "inference", checks)

@@ -1,0 +1,76 @@
+"""The config of pseudo-label rounds (``configs/rounds/*.yaml``); see ``slicevos.pseudo.rounds``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from slicevos.config import check_fields, load_config
+from slicevos.errors import InputError
+from slicevos.pseudo.filtering import FilterConfig
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """One member checkpoint per seed (train.seed and data.seed), each also run with the TTA
+    flips as extra members."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    tta: tuple[str, ...] = ("flip_lr",)
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Held-out labeled cases: ``cases`` of the base dataset (never trained on), or every
+    labeled case of a separate ``dataset`` folder."""
+
+    cases: tuple[str, ...] = ()
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """``configs/rounds/*.yaml``. ``reference_config`` is relative to the YAML's folder (made
+    absolute on load); the other paths are relative to the working directory.
+    ``train_overrides``: ``KEY=VALUE`` assignments applied to the reference config."""
+
+    base_dataset: str
+    reference_config: str
+    filter: FilterConfig
+    out_dir: str = "runs/rounds"
+    rounds: int = 2
+    min_new: int = 1
+    members: MemberSettings = field(default_factory=MemberSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    train_overrides: tuple[str, ...] = ()
+    schema: str = "flare22"
+    prepare_workers: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        seeds = self.members.seeds
+        check_fields(self, "rounds", {
+            "rounds": (self.rounds >= 1, "an integer >= 1"),
+            "min_new": (self.min_new >= 0, "an integer >= 0"),
+        })
+        if not seeds or len(set(seeds)) != len(seeds) or len(seeds) * (1 + len(self.members.tta)) < 2:
+            raise InputError(None, f"members.seeds {list(seeds)} with tta {list(self.members.tta)} "
+                             "give fewer than 2 distinct members", "list 2+ distinct seeds, or add a TTA flip")
+        if bool(self.validation.cases) == (self.validation.dataset is not None):
+            raise InputError(None, "give exactly one of validation.cases and validation.dataset",
+                             "hold out labeled base cases, or name a labeled validation folder")
+
+
+def load_rounds_config(path: str | os.PathLike, assignments: Sequence[str] = ()) -> RoundsConfig:
+    """Load a rounds YAML; ``reference_config`` becomes absolute (relative to the YAML)."""
+    config = load_config(path, RoundsConfig, assignments=assignments)
+    reference = Path(config.reference_config)
+    if not reference.is_absolute():
+        reference = (Path(path).parent / reference).resolve()
+    if not reference.is_file():
+        raise InputError(path, f"reference_config {reference} not found",
+                         "give the reference training YAML, relative to this file")
+    return replace(config, reference_config=str(reference))

@@ -1,0 +1,137 @@
+"""Consensus score and member fusion on hand-computed cases (arithmetic written out)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from slicevos.errors import InputError
+from slicevos.pseudo import consensus as consensus_module
+from slicevos.pseudo.consensus import ConsensusScore, consensus_score, fuse_members
+
+
+def members(*rows: list) -> np.ndarray:
+    """Members given as nested lists (D, H, W) -> uint8 (M, D, H, W)."""
+    return np.array(rows, dtype=np.uint8)
+
+
+def test_two_members_one_slice_both_variants():
+    # m0 = [1 1 0 0], m1 = [1 0 0 0]; mean mask = [1, .5, 0, 0], sum 1.5
+    labels = members([[[1, 1, 0, 0]]], [[[1, 0, 0, 0]]])
+    dsc_m0 = 2 * (1 + 0.5) / (2 + 1.5)        # 6/7
+    dsc_m1 = 2 * 1 / (1 + 1.5)                # 0.8
+    score = consensus_score(labels, [1])
+    assert score.per_class[1] == pytest.approx((dsc_m0 + dsc_m1) / 2)
+    assert score.volume == pytest.approx((dsc_m0 + dsc_m1) / 2)
+    # majority (> M/2 = 1 vote, so both) = [1 0 0 0]: IoU m0 = 1/2, m1 = 1/1
+    paper = consensus_score(labels, [1], variant="paper_iou_majority")
+    assert paper.per_class[1] == pytest.approx((0.5 + 1.0) / 2)
+    assert paper.variant == "paper_iou_majority"
+
+
+def test_empty_slice_rules_union_and_all():
+    # class 1: slice 0 same in both members, slice 1 only in m0, slice 2 in nobody
+    m0 = [[[1, 1]], [[1, 0]], [[0, 0]]]
+    m1 = [[[1, 1]], [[0, 0]], [[0, 0]]]
+    labels = members(m0, m1)
+    # slice 1: mean mask = [.5, 0]; m0: 2*.5/(1+.5) = 2/3; m1 empty vs non-empty mean -> 0
+    # slice 2: both empty -> 1 for each member (counted only with slices="all")
+    assert consensus_score(labels, [1]).per_class[1] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
+    assert consensus_score(labels, [1], slices="all").per_class[1] == pytest.approx(
+        (1 + 1 + 2 / 3 + 0 + 1 + 1) / 6)
+    # paper: slice 1 majority (needs 2 votes) is empty: m0 non-empty -> 0, m1 empty -> 1
+    paper = consensus_score(labels, [1], variant="paper_iou_majority")
+    assert paper.per_class[1] == pytest.approx((1 + 1 + 0 + 1) / 4)
+    paper_all = consensus_score(labels, [1], variant="paper_iou_majority", slices="all")
+    assert paper_all.per_class[1] == pytest.approx((1 + 1 + 0 + 1 + 1 + 1) / 6)
+
+
+def test_three_members_per_class_and_absent_class():
+    # slice 0, class 1: m0 [1 1 0], m1 [1 0 0], m2 [1 1 1] -> n = [3 2 1], mean [1 2/3 1/3], sum 2
+    # slice 1, class 3: identical in all members; class 2: predicted by nobody
+    m0 = [[[1, 1, 0]], [[3, 0, 0]]]
+    m1 = [[[1, 0, 0]], [[3, 0, 0]]]
+    m2 = [[[1, 1, 1]], [[3, 0, 0]]]
+    labels = members(m0, m1, m2)
+    dsc = [2 * (1 + 2 / 3) / (2 + 2), 2 * 1 / (1 + 2), 2 * (1 + 2 / 3 + 1 / 3) / (3 + 2)]
+    score = consensus_score(labels, [1, 2, 3])
+    assert score.per_class[1] == pytest.approx(sum(dsc) / 3)   # 23/30
+    assert score.per_class[3] == 1.0
+    assert score.per_class[2] == 1.0 and score.present == (1, 3) and score.absent == (2,)
+    assert score.volume == pytest.approx((23 / 30 + 1.0) / 2)  # absent class 2 left out
+    # majority (>= 2 votes) of class 1 = [1 1 0]: IoU m0 = 2/2, m1 = 1/2, m2 = 2/3
+    paper = consensus_score(labels, [1, 2, 3], variant="paper_iou_majority")
+    assert paper.per_class[1] == pytest.approx((1 + 1 / 2 + 2 / 3) / 3)
+    assert paper.volume == pytest.approx(((1 + 1 / 2 + 2 / 3) / 3 + 1.0) / 2)
+
+
+@pytest.mark.parametrize("variant", ["dice_mean", "paper_iou_majority"])
+def test_identical_members_score_one_and_empty_case_zero(variant):
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 4, (5, 8, 9)).astype(np.uint8)
+    score = consensus_score(np.stack([one] * 3), [1, 2, 3, 4], variant=variant)
+    assert score.volume == 1.0 and score.present == (1, 2, 3) and score.absent == (4,)
+    empty = consensus_score(np.zeros((2, 3, 4, 4), np.uint8), [1, 2], variant=variant)
+    assert empty.volume == 0.0 and empty.present == () and empty.per_class == {1: 1.0, 2: 1.0}
+
+
+def test_disagreement_lowers_the_score():
+    base = np.zeros((4, 16, 16), np.uint8)
+    base[:, 4:12, 4:12] = 1
+    for shift in (0, 1, 2, 4):
+        moved = np.roll(base, shift, axis=2)
+        # per slice: overlap o = (8 - shift) * 8; both members give 2 (o + (64 - o) / 2) / 128
+        overlap = (8 - shift) * 8
+        expected = (overlap + 64) / 128
+        assert consensus_score(np.stack([base, moved]), [1]).volume == pytest.approx(expected)
+
+
+def test_chunked_counting_matches_one_chunk(monkeypatch):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, (4, 7, 6, 5)).astype(np.uint8)
+    whole = [consensus_score(labels, [1, 2, 3, 4], v) for v in ("dice_mean", "paper_iou_majority")]
+    fused = fuse_members(labels, 5)
+    monkeypatch.setattr(consensus_module, "_CHUNK_VOXELS", 1)    # one slice per chunk
+    for expected, v in zip(whole, ("dice_mean", "paper_iou_majority"), strict=True):
+        assert consensus_score(labels, [1, 2, 3, 4], v) == expected
+    assert np.array_equal(fuse_members(labels, 5), fused)
+
+
+def test_to_dict_round_trip_through_json():
+    labels = members([[[1, 2, 0]]], [[[1, 0, 0]]])
+    score = consensus_score(labels, [1, 2, 3])
+    back = ConsensusScore.from_dict(json.loads(json.dumps(score.to_dict())))
+    assert back == score and back.absent == (3,)
+
+
+def test_fuse_members_majority_and_ties():
+    # voxels: [2 1 1] -> 1; tie 1 vs 2 (M=2) -> member 0's label; [0 3 3 0] tie -> member 0 (0)
+    assert fuse_members(members([[[2, 1]]], [[[1, 2]]], [[[1, 2]]]), 3).tolist() == [[[1, 2]]]
+    assert fuse_members(members([[[1, 2]]], [[[2, 1]]]), 3).tolist() == [[[1, 2]]]
+    four = members([[[0, 3]]], [[[3, 0]]], [[[3, 0]]], [[[0, 3]]])
+    assert fuse_members(four, 4).tolist() == [[[0, 3]]]
+
+
+def test_fuse_members_matches_a_plain_vote():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, (4, 3, 5, 5)).astype(np.uint8)
+    fused = fuse_members(labels, 3)
+    for idx in np.ndindex(labels.shape[1:]):
+        votes = Counter(labels[(slice(None), *idx)].tolist())
+        best = max(votes.values())
+        first = next(int(v) for v in labels[(slice(None), *idx)] if votes[int(v)] == best)
+        assert fused[idx] == first
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="at least 2 members"):
+        consensus_score(np.zeros((1, 2, 2, 2), np.uint8), [1])
+    with pytest.raises(ValueError, match="uint8"):
+        consensus_score(np.zeros((2, 2, 2, 2), np.int32), [1])
+    with pytest.raises(InputError, match="unknown consensus variant"):
+        consensus_score(np.zeros((2, 2, 2, 2), np.uint8), [1], variant="iou")
+    with pytest.raises(ValueError, match="num_classes"):
+        fuse_members(np.full((2, 1, 2, 2), 5, np.uint8), 4)

@@ -1,0 +1,160 @@
+"""Pseudo-label rounds: a one-round tiny cycle end to end, resume after a kill, the stop rule."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slicevos.cli.run_rounds import main as rounds_main
+from slicevos.data.dataset_folder import discover_cases
+from slicevos.errors import InputError
+from slicevos.io.checkpoint import load_checkpoint
+from slicevos.io.labels import FLARE22
+from slicevos.pseudo.filtering import FilterConfig
+from slicevos.pseudo.folder import complete_case_dirs, load_members, read_case_record
+from slicevos.pseudo.rounds import STEPS, TEST_EXIT_AFTER_STEP_ENV, RoundRunner
+from slicevos.pseudo.rounds_config import MemberSettings, RoundsConfig, ValidationSettings
+
+from .tiny_setup import tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "rounds" / "tiny.yaml"
+ITERATIONS = 50  # enough for the tiny pair to find the liver on 48x48 slices
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return tiny_dataset(tmp_path_factory.mktemp("rounds") / "ds")
+
+
+def _args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", str(CONFIG), "--base-dataset", str(dataset), "--out", str(out), "--set",
+            f"train_overrides=[train.iterations={ITERATIONS}, train.val_every={ITERATIONS}, "
+            "train.checkpoint_every=25, 'data.crop_size=[48, 48]', model.model_a.params.img_size=48]",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rounds") / "full"
+    assert rounds_main(_args(dataset, out)) == 0
+    return out
+
+
+def _table(out: Path) -> list[dict[str, str]]:
+    with open(out / "rounds.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_one_round_cycle_end_to_end(finished, dataset):
+    (row,) = _table(finished)
+    assert row["round"] == "1" and row["labeled"] == "1"  # phantom_0000 is held out
+    assert row["candidates"] == "3"
+    accepted = int(row["accepted"])
+    assert accepted >= 1  # top_fraction 0.5 of 3 cases: 2 unless a case has no organ at all
+    state = json.loads((finished / "state.json").read_text())
+    results = state["rounds"]["1"]
+    assert list(results) == list(STEPS)
+    # the members: trained to the end, validation case never trained on
+    for path in results["train"]["checkpoints"]:
+        payload = load_checkpoint(path)
+        assert payload["step"] == ITERATIONS
+        assert payload["config"]["data"]["val_cases"] == ["phantom_0000"]
+    assert row["checkpoints"] == "round_01/members/seed0/last.pt;round_01/members/seed1/last.pt"
+    # generation: the three unlabeled cases, 2 checkpoints x (plain + flip_lr)
+    pseudo = complete_case_dirs(finished / "round_01" / "pseudo")
+    assert [p.name for p in pseudo] == ["phantom_u0000", "phantom_u0001", "phantom_u0002"]
+    assert all(load_members(read_case_record(p)).shape[0] == 4 for p in pseudo)
+    # the next dataset: base labeled + accepted as labeled, the rest unlabeled
+    cases = discover_cases(finished / "round_01" / "next_dataset", FLARE22)
+    labeled = sorted(c.case_id for c in cases if c.split == "labeled")
+    assert labeled[:2] == ["phantom_0000", "phantom_0001"] and len(labeled) == 2 + accepted
+    assert sorted(results["filter"]["accepted_cases"]) == labeled[2:]
+    assert len([c for c in cases if c.split == "unlabeled"]) == 3 - accepted
+    assert results["validate"]["cases"] == ["phantom_0000"]
+    for key in ("val_dice", "val_dice_fused", "mean_consensus"):
+        assert 0.0 <= float(row[key]) <= 1.0
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_table(finished, dataset, tmp_path):
+    out = tmp_path / "cut"
+    env = {**os.environ, TEST_EXIT_AFTER_STEP_ENV: "1:generate"}
+    proc = subprocess.run([sys.executable, "-m", "slicevos.cli.run_rounds", *_args(dataset, out)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert list(json.loads((out / "state.json").read_text())["rounds"]["1"]) == [
+        "cache", "train", "generate"]
+    assert not (out / "rounds.csv").exists()
+    checkpoint = out / "round_01" / "members" / "seed0" / "last.pt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    assert rounds_main(_args(dataset, out)) == 0
+    assert checkpoint.stat().st_mtime_ns == trained_at  # recorded steps are not redone
+    assert (out / "rounds.csv").read_bytes() == (finished / "rounds.csv").read_bytes()
+
+
+def test_changed_config_is_refused(finished, dataset, capsys):
+    assert rounds_main(_args(dataset, finished, "--set", "filter.top_fraction=0.9")) == 2
+    assert "filter" in capsys.readouterr().err
+
+
+def _fake_config(out: Path, rounds: int, min_new: int) -> RoundsConfig:
+    return RoundsConfig(base_dataset="base", reference_config="ref.yaml", out_dir=str(out),
+                        filter=FilterConfig(threshold=0.5), rounds=rounds, min_new=min_new,
+                        validation=ValidationSettings(cases=("a",)))
+
+
+def _fake_steps(accepted: list[int], calls: list[str]) -> dict:
+    def step(name):
+        def run(ctx):
+            calls.append(f"{ctx.round}:{name}")
+            return {"cache": {"labeled": 4}, "train": {"checkpoints": [str(ctx.member_dir(0))]},
+                    "generate": {"candidates": 10},
+                    "filter": {"accepted": accepted[ctx.round - 1], "partial": 0,
+                               "mean_consensus": 0.5},
+                    "dataset": {}, "validate": {"dice": 0.7}}[name]
+        return run
+    return {name: step(name) for name in STEPS}
+
+
+def test_rounds_stop_when_too_few_pass_and_more_rounds_continue(tmp_path):
+    calls: list[str] = []
+    runner = RoundRunner(_fake_config(tmp_path, 3, 2), _fake_steps([5, 1, 9], calls))
+    assert [r["accepted"] for r in runner.run()] == [5, 1]
+    assert "1 accepted < min_new 2" in runner.stop_reason
+    assert len(calls) == 12
+    # raising the number of rounds is allowed and continues without redoing anything
+    calls.clear()
+    rows = RoundRunner(_fake_config(tmp_path, 3, 1), _fake_steps([5, 1, 9], calls)).run()
+    assert [r["round"] for r in rows] == [1, 2, 3] and calls == [f"3:{s}" for s in STEPS]
+    assert rows[0]["checkpoints"] == "round_01/members/seed0"
+
+
+def test_config_checks():
+    with pytest.raises(InputError, match="fewer than 2"):
+        RoundsConfig(base_dataset="b", reference_config="r", filter=FilterConfig(threshold=0.5),
+                     members=MemberSettings(seeds=(0,), tta=()),
+                     validation=ValidationSettings(cases=("a",)))
+    with pytest.raises(InputError, match="exactly one"):
+        RoundsConfig(base_dataset="b", reference_config="r", filter=FilterConfig(threshold=0.5))
+
+
+def test_filter_may_change_until_a_filter_step_ran(tmp_path):
+    steps = _fake_steps([5], [])
+    crash = dict(steps, filter=lambda ctx: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        RoundRunner(_fake_config(tmp_path, 1, 1), crash).run()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert list(state["rounds"]["1"]) == ["cache", "train", "generate"]
+    changed = dataclasses.replace(_fake_config(tmp_path, 1, 1), filter=FilterConfig(threshold=0.8))
+    assert len(RoundRunner(changed, steps).run()) == 1
+    with pytest.raises(InputError, match="filter"):
+        RoundRunner(_fake_config(tmp_path, 1, 1), steps)
