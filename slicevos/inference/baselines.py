@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import atexit
-import functools
 import importlib.util
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 
@@ -33,8 +33,8 @@ def contour_interpolation(keys: Mapping[int, np.ndarray], depth: int) -> np.ndar
     extrapolate). Needs the optional ``itk-morphologicalcontourinterpolation`` package
     (``pip install "slicevos[interp]"``).
 
-    ITK runs in a separate worker process (spawned once, reused): ITK's SWIG runtime and torch
-    in one process corrupt the heap at interpreter exit (``malloc_consolidate(): unaligned
+    ITK runs in a fresh interpreter that never imports torch: ITK's SWIG runtime and torch in
+    one process corrupt the heap at interpreter exit (``malloc_consolidate(): unaligned
     fastbin chunk``, exit code 134), so the two are never loaded together.
     """
     if importlib.util.find_spec("itk") is None:
@@ -50,24 +50,20 @@ def contour_interpolation(keys: Mapping[int, np.ndarray], depth: int) -> np.ndar
         if not 0 <= z < depth:
             raise ValueError(f"key slice {z} is outside a volume of {depth} slices")
         stack[z] = labels
-    out = _itk_worker().submit(_itk_interpolate, stack).result()
+    out = _interpolate_in_subprocess(stack)
     for z, labels in keys.items():
         out[z] = labels  # keys come out exactly as given
     return out
 
 
-def _itk_interpolate(stack: np.ndarray) -> np.ndarray:
-    """In the ITK worker: interpolate the label stack (D, H, W) along axis 0."""
-    import itk
-
-    interpolator = itk.MorphologicalContourInterpolator.New(itk.image_from_array(stack))
-    interpolator.SetAxis(2)  # ITK orders axes (x, y, z): numpy axis 0 (slices) is ITK axis 2
-    interpolator.Update()
-    return itk.array_from_image(interpolator.GetOutput()).astype(np.uint8)
-
-
-@functools.cache
-def _itk_worker() -> ProcessPoolExecutor:
-    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-    atexit.register(pool.shutdown)
-    return pool
+def _interpolate_in_subprocess(stack: np.ndarray) -> np.ndarray:
+    """Run :func:`slicevos.inference.itk_worker.interpolate` on ``stack`` (D, H, W) uint8 in a
+    fresh interpreter that imports numpy and ITK only (never torch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "keys.npy", Path(tmp) / "out.npy"
+        np.save(source, stack)
+        done = subprocess.run([sys.executable, "-m", "slicevos.inference.itk_worker",
+                               str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0 or not target.exists():
+            raise RuntimeError(f"ITK contour interpolation failed: {done.stderr.strip()[-500:]}")
+        return np.load(target)
