@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from slicevos.errors import InputError
-from slicevos.inference.nnunet_baseline import (
+from slicevos.benchmarks.nnunet_baseline import (
     NNUNetPlan,
     build_plain_conv_unet,
     count_tiles,
@@ -21,6 +20,7 @@ from slicevos.inference.nnunet_baseline import (
     sliding_window_predict,
     tile_starts,
 )
+from slicevos.errors import InputError
 
 TINY = NNUNetPlan(patch_size=(8, 16, 16), features=(4, 8, 16),
                   strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)),
@@ -145,7 +145,7 @@ def test_run_baseline_returns_labels_in_input_geometry(net: torch.nn.Module) -> 
 
 
 def test_benchmark_rows(net: torch.nn.Module) -> None:
-    from slicevos.inference.nnunet_benchmark import benchmark_baseline, phantom_spacing
+    from slicevos.benchmarks.nnunet_benchmark import benchmark_baseline, phantom_spacing
 
     assert phantom_spacing(100, 512) == (3.8, 0.78125, 0.78125)  # the phantom spans 380 mm in z
     rows = benchmark_baseline(depths=(6, 9), size=32, spacing=(2.5, 0.8, 0.8), plan=TINY,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from slicevos.benchmarks.baselines import nearest_key_copy
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
 from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.data.phantom_dataset import write_phantom_dataset
-from slicevos.inference.baselines import nearest_key_copy
 from slicevos.inference.propagation import Propagator
 from slicevos.metrics.overlap import dice
 from slicevos.preprocessing.windowing import window_volume
@@ -62,7 +62,7 @@ def test_trained_stcn_beats_nearest_key_copy(tmp_path):
 
 def test_contour_interpolation_between_two_keys():
     pytest.importorskip("itk")
-    from slicevos.inference.baselines import contour_interpolation
+    from slicevos.benchmarks.baselines import contour_interpolation
 
     small, large = np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8)
     small[12:20, 12:20] = 3   # 64 px

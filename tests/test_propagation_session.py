@@ -163,8 +163,8 @@ def test_half_storage_on_cpu(net: PropagationNet) -> None:
     session = prop.start(volume(6))
     session.add_mask(2, key_mask())
     assert session.run().shape == (6, HEIGHT, WIDTH)
-    assert session.features._items[0].f4.dtype == torch.float16
-    assert session.features.get(0).f4.dtype == torch.float32
+    assert session.engine.features._items[0].f4.dtype == torch.float16
+    assert session.engine.features.get(0).f4.dtype == torch.float32
 
 
 def test_feature_cache_lru() -> None:
@@ -223,17 +223,17 @@ def test_repropagation_to_volume_end(net: PropagationNet) -> None:
 
 def test_session_fuses_each_middle_slice_with_its_keys(net: PropagationNet,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from slicevos.inference import propagation
+    from slicevos.inference import session as session_module
 
     calls: list[tuple[int, int, int]] = []
 
-    def spy(prob_fwd, prob_bwd, z, z_left, z_right):
+    def spy(prob_fwd, prob_bwd, z, z_left, z_right, conf_fwd=None, conf_bwd=None):
         calls.append((z, z_left, z_right))
         channels = NUM_CLASSES if net.joint else 3  # background + 2 objects
         assert prob_fwd.shape == prob_bwd.shape == (channels, HEIGHT, WIDTH)
-        return fuse_directions(prob_fwd, prob_bwd, z, z_left, z_right)
+        return fuse_directions(prob_fwd, prob_bwd, z, z_left, z_right, conf_fwd, conf_bwd)
 
-    monkeypatch.setattr(propagation, "fuse_directions", spy)
+    monkeypatch.setattr(session_module, "fuse_directions", spy)
     session = propagator(net).start(volume(10))
     session.add_mask(1, key_mask())
     session.add_mask(5, key_mask(shift=2))
@@ -248,10 +248,10 @@ def test_memory_values_per_mode(net: PropagationNet) -> None:
     session.add_mask(1, key_mask(ids=(3,)))
     session.add_mask(4, key_mask(ids=(3, 7, 9)))
     session.run()
-    assert session._key_value(1).shape[0] == (1 if net.joint else 3)
+    assert session.engine._key_value(1).shape[0] == (1 if net.joint else 3)
     encodings = session.stats.value_encodings
     session.add_mask(6, key_mask(ids=(2,)))  # a new object; slices 5 and 7 are re-propagated
-    assert (4 in session._key_values) == net.joint
+    assert (4 in session.engine._key_values) == net.joint
     session.run()
     # segment (4, 6) needs the values of keys 4 and 6; joint re-encodes only the new key
     assert session.stats.value_encodings - encodings == (1 if net.joint else 2)

@@ -16,13 +16,20 @@ Parts (``--parts``):
   +1, ...: pick seeds no training set used), the true FLARE labels on every N-th slice
   (N = 5, 10, 20) are the keys; per-organ DSC on all other slices for nearest-key copy, ITK
   morphological contour interpolation (when ``itk`` is installed) and, with ``--checkpoint``
-  (one or more), trained propagation models through the session.
+  (one or more), trained propagation models through the session as ``stcn`` and ``fused``
+  rows; the flow engine's rows (``--flow-variants``: default settings and any overrides) in
+  any case. Each score is given on all non-key slices, on the organs' "bulk" and on their
+  "ends" (``slicevos.benchmarks.propagation_quality``), with seconds per volume.
+- ``flow_speed``: wall time and peak RSS of the flow engine on a 512x512x150 phantom with 13
+  organs keyed every 10 slices, beside ITK contour interpolation's and nearest-key copy's
+  times in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,14 +38,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from slicevos.benchmarks.baselines import contour_interpolation, nearest_key_copy
+from slicevos.benchmarks.propagation_quality import SPLITS, split_dice
 from slicevos.cli.common import run_cli
-from slicevos.config import load_config
+from slicevos.config import apply_overrides, config_to_dict, from_dict, load_config
 from slicevos.data.phantom import PhantomConfig, make_phantom
-from slicevos.inference.baselines import contour_interpolation, nearest_key_copy
-from slicevos.inference.propagation import Propagator, load_propagation_net
+from slicevos.inference.engines import FusionWeights, build_propagator
+from slicevos.inference.flow import FlowConfig, FlowPropagator
+from slicevos.inference.propagation import Propagator
 from slicevos.io import FLARE22, load_labels, load_volume
 from slicevos.metrics.efficiency import EfficiencyMeter
-from slicevos.metrics.overlap import dice
 from slicevos.models.propagation import PropagationNet
 from slicevos.preprocessing.windowing import window_volume
 from slicevos.training.propagation import PropagationConfig
@@ -117,36 +126,63 @@ def part_memory(config: str, size: int, depth: int) -> None:
           f"image {image.nbytes / 2**20:.0f} MB, labels {labels.nbytes / 2**20:.0f} MB")
 
 
-def _methods(checkpoints: Sequence[str]) -> dict[str, Any]:
+def _flow_propagate(config: FlowConfig) -> Any:
+    def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray) -> np.ndarray:
+        propagator = FlowPropagator(config)
+        session = propagator.start(window_volume(hu, propagator.windows))
+        for z, labels in keys.items():
+            session.add_mask(z, labels)
+        return session.run()
+    return propagate
+
+
+def _flow_config(variant: str) -> FlowConfig:
+    """``"default"`` or ``"key=value,key=value"`` overrides of FlowConfig (e.g.
+    ``flow.preset=fast,clip=12``)."""
+    if variant == "default":
+        return FlowConfig()
+    data = apply_overrides(config_to_dict(FlowConfig()), variant.split(","))
+    return from_dict(FlowConfig, data, "--flow-variants")
+
+
+def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("default",),
+             stcn_weights: Sequence[float] = (0.5,)) -> dict[str, Any]:
     """name -> fn(keys, depth, hu) giving the labels (depth, H, W)."""
     methods: dict[str, Any] = {"nearest copy": lambda keys, depth, hu: nearest_key_copy(keys,
                                                                                      depth)}
-    try:
-        import itk  # noqa: F401
-
+    if importlib.util.find_spec("itk") is not None:
         methods["contour interp"] = lambda keys, depth, hu: contour_interpolation(keys, depth)
-    except ImportError:
+    else:
         print("note: itk is not installed; contour interpolation skipped (pip install "
               '"slicevos[interp]")')
+    for variant in flow_variants:
+        methods["flow" if variant == "default" else f"flow {variant}"] = _flow_propagate(
+            _flow_config(variant))
     for checkpoint in checkpoints:
-        net, windows = load_propagation_net(checkpoint)
+        tag = "" if len(checkpoints) == 1 else f" {Path(checkpoint).parent.name}"
+        engines = [("stcn", None)] + [("fused", w) for w in stcn_weights]
+        for engine, weight in engines:
+            fusion = FusionWeights(stcn_weight=weight) if weight is not None else None
+            propagator = build_propagator(engine, checkpoint, fusion=fusion)
 
-        def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray,
-                      net: PropagationNet = net, windows: Any = windows) -> np.ndarray:
-            session = Propagator(net, feature_dtype=torch.float32).start(
-                window_volume(hu, windows))
-            for z, labels in keys.items():
-                session.add_mask(z, labels)
-            return session.run()
+            def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray,
+                          propagator: Any = propagator) -> np.ndarray:
+                session = propagator.start(window_volume(hu, propagator.windows))
+                for z, labels in keys.items():
+                    session.add_mask(z, labels)
+                return session.run()
 
-        name = "stcn" if len(checkpoints) == 1 else f"stcn {Path(checkpoint).parent.name}"
-        methods[name] = propagate
+            suffix = "" if weight is None or len(stcn_weights) == 1 else f" w{weight:g}"
+            methods[f"{engine}{tag}{suffix}"] = propagate
     return methods
 
 
-def _real_cases(data: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def _real_cases(data: Path, names: Sequence[str] | None = None
+                ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, HU (D, H, W), FLARE22 labels) of the real volumes with >= 20 slices."""
     for label_file in sorted(data.glob("*/label_flare.nii.gz")):
+        if names and label_file.parent.name not in names:
+            continue
         volume = load_volume(label_file.parent / "ct.nii.gz")
         truth, _ = load_labels(label_file, reference=volume, schema=FLARE22)
         if len(truth) >= 20:
@@ -161,33 +197,83 @@ def _phantom_cases(count: int, shape: Sequence[int], seed: int
 
 
 def part_quality(cases: Iterator[tuple[str, np.ndarray, np.ndarray]], steps: Sequence[int],
-                 checkpoints: Sequence[str] = ()) -> None:
-    methods = _methods(checkpoints)
-    scores: dict[tuple[int, str], dict[str, list[float]]] = {}
+                 checkpoints: Sequence[str] = (), flow_variants: Sequence[str] = ("default",),
+                 stcn_weights: Sequence[float] = (0.5,), per_case: bool = False) -> None:
+    """Per-organ DSC (all non-key slices, bulk, ends: ``slicevos.benchmarks.propagation_quality``)
+    of every method, mean over the volumes; ``per_case`` also prints each volume's table."""
+    methods = _methods(checkpoints, flow_variants, stcn_weights)
+    total: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     used = []
     for case_name, hu, truth in cases:
         used.append(case_name)
+        case: dict[tuple[int, str, str], dict[str, list[float]]] = {}
         for step in steps:
-            keys = {z: truth[z] for z in range(0, len(truth), step)}
-            others = np.array([z for z in range(len(truth)) if z not in keys])
-            present = [c for c in FLARE22.classes if (truth[others] == c.id).any()]
+            keys = list(range(0, len(truth), step))
             for name, method in methods.items():
-                pred = method(keys, len(truth), hu)
-                table = scores.setdefault((step, name), {})
-                for c in present:
-                    table.setdefault(c.name, []).append(
-                        dice(truth[others] == c.id, pred[others] == c.id))
+                start = time.perf_counter()
+                pred = method({z: truth[z] for z in keys}, len(truth), hu)
+                seconds = time.perf_counter() - start
+                scores = split_dice(truth, pred, keys, FLARE22.ids)
+                for split, table in scores.items():
+                    for target in (total, case):
+                        row = target.setdefault((step, name, split), {})
+                        row.setdefault("seconds", []).append(seconds)
+                        for class_id, value in table.items():
+                            row.setdefault(FLARE22.by_id(class_id).name, []).append(value)
+        if per_case:
+            _print_table(case, [case_name])
+    _print_table(total, used)
+
+
+def _print_table(scores: dict[tuple[int, str, str], dict[str, list[float]]],
+                 cases: Sequence[str]) -> None:
     organs = [c.name for c in FLARE22.classes if any(c.name in t for t in scores.values())]
     short = {n: n.replace("inferior_vena_cava", "ivc").replace("_adrenal_gland", "_adr")[:9]
              for n in organs}
-    print(f"\nDSC on non-key slices, mean over the volumes ({', '.join(used)})")
-    width = max(16, *(len(n) + 2 for n in methods))
-    print(f"{'keys':<9}{'method':<{width}}" + "".join(f"{short[o]:>10}" for o in organs)
-          + f"{'mean':>8}")
-    for (step, name), table in sorted(scores.items()):
+    names = {name for _, name, _ in scores}
+    print(f"\nDSC on non-key slices (all / bulk / ends), mean over {', '.join(cases)}")
+    width = max(16, *(len(n) + 2 for n in names))
+    print(f"{'keys':<9}{'method':<{width}}{'split':<6}"
+          + "".join(f"{short[o]:>10}" for o in organs) + f"{'mean':>8}{'s/vol':>8}")
+    order = {name: i for i, name in enumerate(dict.fromkeys(n for _, n, _ in scores))}
+    for step, name, split in sorted(scores, key=lambda k: (k[0], order[k[1]],
+                                                           SPLITS.index(k[2]))):
+        table = scores[(step, name, split)]
         means = [float(np.mean(table[o])) if o in table else float("nan") for o in organs]
-        print(f"{'every ' + str(step):<9}{name:<{width}}" + "".join(f"{m:>10.3f}" for m in means)
-              + f"{np.nanmean(means):>8.3f}")
+        print(f"{'every ' + str(step):<9}{name:<{width}}{split:<6}"
+              + "".join(f"{m:>10.3f}" for m in means)
+              + f"{np.nanmean(means):>8.3f}{np.mean(table['seconds']):>8.1f}")
+
+
+def part_flow_speed(size: int, depth: int, step: int, seed: int = 5) -> None:
+    """Seconds and peak RSS of the flow engine on a phantom of ``depth`` x ``size`` x
+    ``size`` with its 13 organs keyed every ``step`` slices, beside ITK's contour
+    interpolation and nearest-key copy on the same keys in the same run."""
+    phantom = make_phantom(seed, PhantomConfig(shape=(depth, size, size)))
+    keys = {z: phantom.labels[z] for z in range(0, depth, step)}
+    propagator = FlowPropagator()
+    image = window_volume(phantom.hu, propagator.windows)
+    rows = []
+    with EfficiencyMeter() as meter:
+        session = propagator.start(image)
+        for z, labels in keys.items():
+            session.add_mask(z, labels)
+        session.run()
+    rows.append(("flow", meter.wall_time_s, f"{meter.peak_rss_mb:.0f}"))
+    with EfficiencyMeter() as meter:
+        nearest_key_copy(keys, depth)
+    rows.append(("nearest copy", meter.wall_time_s, "-"))
+    if importlib.util.find_spec("itk") is not None:
+        start = time.perf_counter()
+        contour_interpolation(keys, depth)
+        rows.append(("contour interp (ITK)", time.perf_counter() - start, "(subprocess)"))
+    objects = len(np.setdiff1d(np.unique(phantom.labels), [0]))
+    print(f"\nflow speed: {depth}x{size}x{size} phantom, {objects} organs, keys every {step} "
+          f"({len(keys)} keys), {torch.get_num_threads()} torch threads, flow threads "
+          f"{propagator.config.flow.threads}")
+    print(f"{'method':<24}{'seconds':>9}{'peak RSS MB':>14}")
+    for name, seconds, rss in rows:
+        print(f"{name:<24}{seconds:>9.1f}{rss:>14}")
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -196,18 +282,22 @@ def _body(args: argparse.Namespace) -> int:
         part_speed(args.configs, args.sizes, args.objects, args.depth, args.modes)
     if "memory" in args.parts:
         part_memory(args.memory_config, args.memory_size, args.memory_depth)
+    if "flow_speed" in args.parts:
+        part_flow_speed(args.flow_size, args.flow_depth, args.flow_step)
     if "quality" in args.parts:
         cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed)
-                 if args.data == "phantom" else _real_cases(Path(args.data)))
-        part_quality(cases, args.key_steps, args.checkpoint or ())
+                 if args.data == "phantom" else _real_cases(Path(args.data), args.cases))
+        part_quality(cases, args.key_steps, args.checkpoint or (), args.flow_variants,
+                     args.stcn_weights, args.per_case)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slicevos-benchmark-propagation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["speed", "memory", "quality"],
-                        choices=("speed", "memory", "quality"))
+    parser.add_argument("--parts", nargs="+",
+                        default=["speed", "memory", "flow_speed", "quality"],
+                        choices=("speed", "memory", "flow_speed", "quality"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--configs", nargs="+", default=["fast_cpu", "paper"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256, 512])
@@ -227,7 +317,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="first phantom seed (held out: not a training case seed)")
     parser.add_argument("--key-steps", nargs="+", type=int, default=[5, 10, 20])
     parser.add_argument("--checkpoint", nargs="+",
-                        help="quality: propagation checkpoint(s) to evaluate")
+                        help="quality: propagation checkpoint(s) to evaluate (stcn and fused)")
+    parser.add_argument("--cases", nargs="+", help="quality: only these real volume folders")
+    parser.add_argument("--per-case", action="store_true", help="quality: a table per volume")
+    parser.add_argument("--flow-variants", nargs="+", default=["default"],
+                        help="quality: flow rows, 'default' or KEY=VALUE,... overrides of the "
+                        "flow config (e.g. flow.preset=fast,clip=12)")
+    parser.add_argument("--stcn-weights", nargs="+", type=float, default=[0.5],
+                        help="quality: fused rows' weight on the STCN probabilities")
+    parser.add_argument("--flow-size", type=int, default=512, help="flow_speed: slice size")
+    parser.add_argument("--flow-depth", type=int, default=150, help="flow_speed: slices")
+    parser.add_argument("--flow-step", type=int, default=10, help="flow_speed: keys every")
     return run_cli(_body, parser, argv)
 
 

@@ -1,5 +1,6 @@
 """slicevos-benchmark-speed: end-to-end seconds and peak memory of slicevos-infer on phantom
-volumes (default 512x512x100 and x300) for the paper and fast configs, against nnU-Net's
+volumes (default 512x512x100 and x300) for the paper and fast configs, with the flow and the
+STCN propagation engines (``--engines``), against nnU-Net's
 3d_fullres sliding-window inference on the same volumes, measured in the same run.
 
 Every measurement runs in a fresh process, so each peak RSS is its own. slicevos runs are the
@@ -27,6 +28,7 @@ from slicevos.io.atomic import atomic_write_bytes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TARGET_FAST_100_S = 60.0
+TARGET_FLOW_100_S = 20.0
 TARGET_SPEEDUP = 5.0
 
 
@@ -43,9 +45,9 @@ def make_phantom_file(folder: Path, depth: int, size: int, seed: int = 0) -> Pat
 
 
 def random_pipeline(config_name: str, device: str, reference: str | None,
-                    propagation: str | None):
+                    propagation: str | None, engine: str = "stcn"):
     """A VolumePipeline with the networks of ``config_name`` (random weights), or loaded from
-    the given checkpoints."""
+    the given checkpoints; ``engine`` flow propagates with optical flow (no network)."""
     import dataclasses
 
     import yaml
@@ -53,6 +55,7 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
     from slicevos.config import from_dict
     from slicevos.inference.config import InferenceConfig
     from slicevos.inference.pipeline import VolumePipeline
+    from slicevos.inference.flow import FlowPropagator
     from slicevos.inference.propagation import Propagator
     from slicevos.inference.segmenter import ReferenceSegmenter
     from slicevos.io.labels import get_schema
@@ -64,8 +67,10 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
     options = from_dict(InferenceConfig, yaml.safe_load(
         (inference_file if inference_file.exists() else CONFIGS / "inference" / "default.yaml")
         .read_text()))
-    if reference and propagation:
-        return VolumePipeline.from_checkpoints(propagation, reference, None, options, device)
+    options = dataclasses.replace(options, propagator=engine)
+    if reference and (propagation or engine == "flow"):
+        return VolumePipeline.from_checkpoints(propagation if engine != "flow" else None,
+                                               reference, None, options, device)
     schema, windows = get_schema("flare22"), resolve_windows()
     ref_cfg = yaml.safe_load((CONFIGS / "reference" / f"{config_name}.yaml").read_text())
     prop_cfg = yaml.safe_load((CONFIGS / "propagation" / f"{config_name}.yaml").read_text())
@@ -74,26 +79,27 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
     net_config = from_dict(PropagationModelConfig, prop_cfg["model"])
     net = PropagationNet(dataclasses.replace(net_config, num_classes=schema.num_classes,
                                              in_channels=len(windows)))
-    propagator = Propagator(net, device, options.memory_every, options.max_memory_frames,
-                            features_on_cpu=options.features_on_cpu,
-                            feature_cache_slices=options.feature_cache_slices)
+    propagator = (FlowPropagator(options.flow) if engine == "flow" else
+                  Propagator(net, device, options.memory_every, options.max_memory_frames,
+                             features_on_cpu=options.features_on_cpu,
+                             feature_cache_slices=options.feature_cache_slices))
     segmenter = ReferenceSegmenter(pair.eval(), device, options.batch_size)
     return VolumePipeline(propagator, windows, schema, segmenter, windows, None, options)
 
 
 def time_slicevos(image: str, config_name: str, device: str, reference: str | None,
-                  propagation: str | None, threads: int) -> dict[str, Any]:
+                  propagation: str | None, threads: int, engine: str = "stcn") -> dict[str, Any]:
     """One automatic run in this (fresh) process: seconds per stage, total, peak memory."""
     import torch
 
     torch.set_num_threads(threads)
     from slicevos.cli.infer_cases import Case, OutputOptions, run_case
 
-    pipeline = random_pipeline(config_name, device, reference, propagation)
+    pipeline = random_pipeline(config_name, device, reference, propagation, engine)
     with tempfile.TemporaryDirectory() as tmp:
         report = run_case(Case("bench", Path(image), Path(tmp) / "out.nii.gz"), pipeline,
                           OutputOptions(progress=False))
-    return {"method": f"slicevos {config_name}", "total_s": sum(report.timing_s.values()),
+    return {"method": f"slicevos {config_name} {engine}", "total_s": sum(report.timing_s.values()),
             "stages_s": report.timing_s, "peak_rss_mb": report.memory_mb["peak_rss_mb"],
             "peak_gpu_mb": report.memory_mb["peak_gpu_mb"], "keys": len(report.key_slices),
             "objects": len(report.organs)}
@@ -104,7 +110,7 @@ def time_baseline(image: str, device: str, max_tiles: int | None, mirror: bool,
     import torch
 
     torch.set_num_threads(threads)
-    from slicevos.inference.nnunet_baseline import run_nnunet_baseline
+    from slicevos.benchmarks.nnunet_baseline import run_nnunet_baseline
     from slicevos.io.loader import load_volume
 
     volume = load_volume(image)
@@ -142,14 +148,17 @@ def _body(args: argparse.Namespace) -> int:
             image = str(make_phantom_file(Path(tmp), depth, args.size))
             volume = f"{args.size}x{args.size}x{depth}"
             for name in args.configs:
-                row = _in_fresh_process(time_slicevos, image, name, args.device,
-                                        args.reference, args.propagation, args.threads)
-                rows.append({"volume": volume, **row})
-                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+                for engine in args.engines:
+                    row = _in_fresh_process(time_slicevos, image, name, args.device,
+                                            args.reference, args.propagation, args.threads,
+                                            engine)
+                    rows.append({"volume": volume, **row})
+                    print(format_table(rows[-1:]).splitlines()[-1], flush=True)
             if args.no_baseline:
                 continue
             fast = next((r for r in rows if r["volume"] == volume
-                         and r["method"].endswith(args.configs[-1])), None)
+                         and r["method"] == f"slicevos {args.configs[-1]} {args.engines[0]}"),
+                        None)
             for mirror in args.baseline_mirror:
                 row = _in_fresh_process(time_baseline, image, args.device,
                                         args.baseline_max_tiles or None, bool(mirror),
@@ -159,7 +168,8 @@ def _body(args: argparse.Namespace) -> int:
                 rows.append({"volume": volume, **row})
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print("\n" + format_table(rows))
-    print(f"targets: fast config <= {TARGET_FAST_100_S:.0f} s for 512x512x100; "
+    print(f"targets: fast config with flow <= {TARGET_FLOW_100_S:.0f} s and with the STCN <= "
+          f"{TARGET_FAST_100_S:.0f} s for 512x512x100; "
           f">= {TARGET_SPEEDUP:.0f}x faster than the nnU-Net baseline ('vs slicevos fast', "
           "estimated all-tile time / slicevos time)")
     if args.out:
@@ -174,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="in-plane size (default 512)")
     parser.add_argument("--configs", nargs="+", default=["paper", "fast_cpu"],
                         help="network configs; the last one is the baseline's comparison")
+    parser.add_argument("--engines", nargs="+", default=["flow", "stcn"],
+                        choices=("flow", "stcn"), help="propagation engines to time (the first "
+                        "is the baseline's comparison)")
     parser.add_argument("--reference", help="time this reference checkpoint instead")
     parser.add_argument("--propagation", help="time this propagation checkpoint instead")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

@@ -33,22 +33,30 @@ def prepare_demo(args: argparse.Namespace) -> argparse.Namespace:
                           seed=2026, progress=False)
     image = next((phantom_dir / "imagesTr").glob("*_0000.nii.gz"))
     checkpoints = dict(SHIPPED)
+    if args.propagator not in ("stcn", "fused"):
+        checkpoints.pop("propagation")
     if not all(p.exists() for p in checkpoints.values()):
         log.info("demo: shipped demo checkpoints not found in %s; training small ones on "
                  "phantoms now (%d iterations each)", REPO / "checkpoints", ON_THE_SPOT_ITERATIONS)
-        checkpoints = train_demo_models(folder / "models")
+        checkpoints = train_demo_models(folder / "models", "propagation" in checkpoints)
     else:
-        log.info("demo: using the shipped demo models %s", ", ".join(map(str, SHIPPED.values())))
+        log.info("demo: using the shipped demo models %s",
+                 ", ".join(map(str, checkpoints.values())))
     args.input, args.output = str(image), str(folder / "segmentation.nii.gz")
-    args.reference, args.propagation = str(checkpoints["reference"]), str(checkpoints["propagation"])
+    args.reference = str(checkpoints["reference"])
+    # the flow engine (the default) needs no propagation model; --propagator stcn|fused uses
+    # the demo one
+    needs_model = args.propagator in ("stcn", "fused")
+    args.propagation = str(checkpoints["propagation"]) if needs_model else None
     args.keys = args.key_slices = args.localizer = None
     args.preview = args.report = True
     args.overwrite = True
     return args
 
 
-def train_demo_models(folder: Path) -> dict[str, Path]:
-    """Train the demo reference pair and propagation net on fresh phantoms (resumable)."""
+def train_demo_models(folder: Path, propagation: bool = True) -> dict[str, Path]:
+    """Train the demo reference pair (and the propagation net, when ``propagation``) on fresh
+    phantoms (resumable)."""
     import dataclasses
 
     from slicevos.config import load_config
@@ -61,8 +69,10 @@ def train_demo_models(folder: Path) -> dict[str, Path]:
                           seed=7, progress=False)
     prepare_cache(data, cache, PrepareConfig(workers=1), progress=False)
     out = {}
-    for role, config_cls, trainer_cls in (("reference", ReferenceConfig, ReferenceTrainer),
-                                          ("propagation", PropagationConfig, PropagationTrainer)):
+    roles = [("reference", ReferenceConfig, ReferenceTrainer)]
+    if propagation:
+        roles.append(("propagation", PropagationConfig, PropagationTrainer))
+    for role, config_cls, trainer_cls in roles:
         config = load_config(REPO / "configs" / role / "demo.yaml", config_cls,
                              assignments=[f"data.cache_dir={cache}",
                                           f"train.out_dir={folder / role}",

@@ -1,9 +1,13 @@
 """slicevos-infer: segment whole CT volumes (NIfTI file, DICOM series folder, or a folder of
-them) with a reference checkpoint (key slices) and a propagation checkpoint.
+them): key slices (drawn, or found by a reference checkpoint) are propagated through the
+volume by an engine: optical flow (no checkpoint, the default), the STCN (a propagation
+checkpoint) or both fused.
 
-Automatic:       slicevos-infer ct.nii.gz out.nii.gz --reference ref.pt --propagation prop.pt
-Semi-automatic:  slicevos-infer ct.nii.gz out.nii.gz --propagation prop.pt --keys drawn.nii.gz
+Automatic:       slicevos-infer ct.nii.gz out.nii.gz --reference ref.pt
+Semi-automatic:  slicevos-infer ct.nii.gz out.nii.gz --keys drawn.nii.gz --schema flare22
                  (drawn slices = keys; or --key-slices 10,40,80 with a fully drawn file)
+Engines:         --propagator flow (default) | stcn | fused; stcn and fused need
+                 --propagation prop.pt (given alone, --propagation means stcn)
 Batch:           slicevos-infer images/ outputs/ ...  (reruns skip finished cases)
 Demo:            slicevos-infer --demo [OUT_DIR]  (phantom + the shipped demo models)
 
@@ -42,8 +46,8 @@ def inference_config(args: argparse.Namespace):
     from slicevos.inference.config import InferenceConfig
 
     assignments = list(args.set)
-    for name in ("tta", "amp"):
-        if getattr(args, name):
+    for name in ("tta", "amp", "propagator"):
+        if getattr(args, name, None):
             assignments.append(f"{name}={getattr(args, name)}")
     if args.no_lcc:
         assignments.append("largest_component=false")
@@ -67,14 +71,16 @@ def _body(args: argparse.Namespace) -> int:
         args = prepare_demo(args)
     if args.input is None or args.output is None:
         raise InputError(None, "INPUT and OUTPUT are needed", "pass both, or use --demo")
-    if args.propagation is None:
-        raise InputError("--propagation", "no propagation checkpoint given",
-                         "pass --propagation PROP.pt (slicevos-train-propagation writes one)")
+    if args.propagation and not args.propagator:
+        args.propagator = "stcn"
     if args.key_slices and not args.keys:
         raise InputError("--key-slices", "slice indices need a fully drawn label file",
                          "pass --keys LABELS.nii.gz too")
     key_slices = parse_slice_list(args.key_slices) if args.key_slices else None
     config = inference_config(args)
+    if config.propagator == "flow" and args.propagation:
+        raise InputError(args.propagation, "the flow engine takes no propagation checkpoint",
+                         "drop --propagation, or pass --propagator stcn or fused")
     device = resolve_device(args.device)
     pipeline = VolumePipeline.from_checkpoints(
         args.propagation, args.reference if not args.keys else None, args.localizer, config,
@@ -120,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", nargs="?", help="label file (.nii.gz) or output folder")
     parser.add_argument("--reference", help="reference checkpoint (slicevos-train-reference)")
     parser.add_argument("--propagation", help="propagation checkpoint "
-                        "(slicevos-train-propagation)")
+                        "(slicevos-train-propagation), for --propagator stcn or fused")
+    parser.add_argument("--propagator", choices=("flow", "stcn", "fused"),
+                        help="propagation engine (default: the config's, flow; stcn when only "
+                        "--propagation is given)")
     parser.add_argument("--localizer", help="optional localizer checkpoint "
                         "(slicevos-train-localizer): only the abdomen z-range is segmented")
     parser.add_argument("--keys", help="semi-automatic: label file whose drawn slices are the "

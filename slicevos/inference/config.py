@@ -6,17 +6,26 @@ says how they are run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slicevos.config import check_fields
+from slicevos.inference.engines import ENGINES, FusionWeights
+from slicevos.inference.flow import FlowConfig
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 TTA_CHOICES = ("none", "flip_lr", "flip_lr_ud")
+KEY_MODES = ("per_organ", "sampled")
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     """How ``VolumePipeline`` runs.
+
+    ``propagator``: the engine that fills the volume from the key slices (flow: optical flow,
+    no checkpoint; stcn: the trained network; fused: both, mixed by ``fusion``); ``flow``: the
+    flow engine's options (``slicevos.inference.flow.FlowConfig``). ``key_mode`` (automatic
+    mode): ``per_organ`` keys only the slice where each organ is largest, ``sampled`` makes
+    every slice the reference segmented a key.
 
     Reference stage: ``key_stride`` samples one slice in that many for key-slice selection;
     an organ needs ``min_key_area`` pixels on its key slice; ``tta`` flips averaged with the
@@ -31,6 +40,10 @@ class InferenceConfig:
     autocast on CUDA ("none" on CPU).
     """
 
+    propagator: str = "flow"
+    key_mode: str = "sampled"
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    fusion: FusionWeights = field(default_factory=FusionWeights)
     key_stride: int = 8
     min_key_area: int = 20
     tta: str = "none"
@@ -47,6 +60,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         checks = {
+            "propagator": (self.propagator in ENGINES, f"one of {ENGINES}"),
+            "key_mode": (self.key_mode in KEY_MODES, f"one of {KEY_MODES}"),
             "key_stride": (self.key_stride >= 1, "an integer >= 1"),
             "min_key_area": (self.min_key_area >= 1, "an integer >= 1"),
             "tta": (self.tta in TTA_CHOICES, f"one of {TTA_CHOICES}"),

@@ -42,7 +42,8 @@ class KeySlices:
     ``indices``: sorted key slice indices; ``masks``: uint8 (k, H, W) predicted labels on them;
     ``organ_slice``: class id -> key slice where that organ is largest (organs never found are
     absent); ``sampled``: the segmented slice indices; ``areas``: (len(sampled), K) pixel counts
-    per class on each sampled slice.
+    per class on each sampled slice; ``sampled_masks``: uint8 (len(sampled), H, W) the labels
+    predicted on every sampled slice.
     """
 
     indices: np.ndarray
@@ -50,6 +51,7 @@ class KeySlices:
     organ_slice: dict[int, int]
     sampled: np.ndarray
     areas: np.ndarray
+    sampled_masks: np.ndarray | None = None
 
     @property
     def empty(self) -> bool:
@@ -98,4 +100,4 @@ def select_key_slices(image: np.ndarray, segmenter: SliceSegmenter, num_classes:
     rows = np.searchsorted(sampled, keys)
     masks = labels[rows] if len(keys) else np.zeros((0, *image.shape[-2:]), np.uint8)
     return KeySlices(indices=keys, masks=masks, organ_slice=organ_slice, sampled=sampled,
-                     areas=areas)
+                     areas=areas, sampled_masks=labels)

@@ -3,11 +3,13 @@
 ::
 
     pipeline = VolumePipeline.from_checkpoints("prop.pt", reference="ref.pt", localizer=None)
+    pipeline = VolumePipeline.from_checkpoints(None, schema=FLARE22)   # flow engine, user keys
     result = pipeline.run(load_volume("ct.nii.gz"))              # automatic
     result = pipeline.run(volume, keys={40: mask40, 90: mask90})  # semi-automatic
 
 Automatic mode: the reference pair segments every ``key_stride``-th slice of the (localized)
-range, and per organ the sampled slice where it is largest becomes a key
+range; with ``key_mode: sampled`` every sampled slice becomes a key (empty ones too: they end
+organs), with ``per_organ`` only the sampled slice where each organ is largest
 (:func:`~slicevos.inference.key_slices.select_key_slices`). Semi-automatic mode: the given
 masks are the keys (canonical z) and come out exactly as given, post-processing included; the
 localizer is not used. The propagation session fills every other slice of the range in both
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +40,10 @@ from tqdm import tqdm
 
 from slicevos.errors import InputError, warn_input
 from slicevos.inference.config import InferenceConfig
+from slicevos.inference.engines import build_propagator
 from slicevos.inference.key_slices import select_key_slices
 from slicevos.inference.localizer import Localizer, predict_z_range
 from slicevos.inference.postprocess import largest_component_per_class
-from slicevos.inference.propagation import Propagator, load_propagation_net
 from slicevos.inference.segmenter import ReferenceSegmenter
 from slicevos.inference.tta import FlipTTASegmenter
 from slicevos.io.labels import LabelSchema
@@ -74,7 +77,7 @@ def _no_timer(_stage: str) -> nullcontext:
 class VolumePipeline:
     """The automatic / semi-automatic segmentation of one volume (see module doc)."""
 
-    def __init__(self, propagator: Propagator, propagation_windows: tuple[Window, ...],
+    def __init__(self, propagator: Any, propagation_windows: tuple[Window, ...],
                  schema: LabelSchema, reference: ReferenceSegmenter | None = None,
                  reference_windows: tuple[Window, ...] | None = None,
                  localizer: Localizer | None = None,
@@ -83,35 +86,40 @@ class VolumePipeline:
         self.schema, self.reference, self.localizer = schema, reference, localizer
         self.reference_windows = reference_windows or propagation_windows
         self.config = config or InferenceConfig()
-        net = propagator.model
-        if net.joint and reference is not None and net.num_classes != schema.num_classes:
+        net = getattr(propagator, "model", None)
+        if net is not None and net.joint and reference is not None and net.num_classes != schema.num_classes:
             raise InputError(None, f"the joint propagation model has {net.num_classes} classes "
                              f"but the reference model's schema {schema.name} has "
                              f"{schema.num_classes}", "use checkpoints trained on one schema")
 
     @classmethod
-    def from_checkpoints(cls, propagation: str | PathLike, reference: str | PathLike | None = None,
+    def from_checkpoints(cls, propagation: str | PathLike | None,
+                         reference: str | PathLike | None = None,
                          localizer: str | PathLike | None = None,
                          config: InferenceConfig | None = None, device: str = "cpu",
                          schema: LabelSchema | None = None,
                          keep_disagreement_map: bool = False) -> VolumePipeline:
-        """Load (and check) every checkpoint before any work. ``schema`` is needed without a
-        reference checkpoint (semi-automatic only); otherwise the reference's schema is used.
-        ``keep_disagreement_map``: results carry the direction-disagreement map."""
+        """Load (and check) every checkpoint before any work. The engine is
+        ``config.propagator`` (``propagation`` is its checkpoint: none for flow). ``schema`` is
+        needed without a reference checkpoint (semi-automatic only); otherwise the reference's
+        schema is used. ``keep_disagreement_map``: results carry the direction-disagreement
+        map."""
         config = config or InferenceConfig()
         amp = AMP_DTYPES[config.amp] if torch.device(device).type == "cuda" else None
-        net, prop_windows = load_propagation_net(propagation, device)
-        propagator = Propagator(net, device, config.memory_every, config.max_memory_frames,
-                                features_on_cpu=config.features_on_cpu,
-                                feature_cache_slices=config.feature_cache_slices,
-                                keep_disagreement_map=keep_disagreement_map)
+        propagator = build_propagator(
+            config.propagator, propagation, device, memory_every=config.memory_every,
+            max_memory_frames=config.max_memory_frames, features_on_cpu=config.features_on_cpu,
+            feature_cache_slices=config.feature_cache_slices,
+            keep_disagreement_map=keep_disagreement_map, flow=config.flow,
+            fusion=config.fusion)
+        prop_windows = propagator.windows
         segmenter, ref_windows = None, None
         if reference is not None:
             segmenter = ReferenceSegmenter.from_checkpoint(reference, device, config.batch_size,
                                                            amp)
             schema, ref_windows = segmenter.info.schema, segmenter.info.windows
         if schema is None:
-            raise InputError(propagation, "no label schema: semi-automatic mode without a "
+            raise InputError(None, "no label schema: semi-automatic mode without a "
                              "reference checkpoint needs one", "pass --schema (e.g. flare22)")
         located = Localizer.from_checkpoint(localizer, device, amp_dtype=amp) if localizer else None
         return cls(propagator, prop_windows, schema, segmenter, ref_windows, located, config)
@@ -195,10 +203,14 @@ class VolumePipeline:
         found = select_key_slices(ref_image[low:high], segmenter, self.schema.num_classes,
                                   self.config.key_stride, min_area=self.config.min_key_area,
                                   z_offset=low, full_depth=len(ref_image))
-        rows = np.searchsorted(found.sampled, found.indices)
-        for z, row in zip(found.indices, rows, strict=True):
+        if self.config.key_mode == "sampled" and not found.empty:
+            indices, masks = found.sampled, found.sampled_masks
+        else:
+            indices, masks = found.indices, found.masks
+        rows = np.searchsorted(found.sampled, indices)
+        for z, row in zip(indices, rows, strict=True):
             uncertainty[low + z] = segmenter.last.disagreement[row]
-        keys = {int(low + z): mask for z, mask in zip(found.indices, found.masks, strict=True)}
+        keys = {int(low + z): mask for z, mask in zip(indices, masks, strict=True)}
         return keys, {c: int(low + z) for c, z in found.organ_slice.items()}
 
     def _check_user_keys(self, keys: dict[int, np.ndarray], volume: Volume) -> None:

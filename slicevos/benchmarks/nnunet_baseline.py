@@ -5,7 +5,7 @@ What is copied from nnU-Net v2 (``nnunetv2/preprocessing``, ``nnunetv2/inference
 
 - CT normalisation: clip to the 0.5/99.5 percentiles of the dataset's foreground intensities,
   then z-score with the foreground mean/std (fixed typical abdominal-CT values here).
-- Resampling to the plan spacing and back (:mod:`slicevos.inference.nnunet_resample`):
+- Resampling to the plan spacing and back (:mod:`slicevos.benchmarks.nnunet_resample`):
   order-3 spline in-plane per slice and order 0 across slices for anisotropic CT; logits go
   back with order 1 in-plane.
 - Sliding window (``sliding_window_prediction``): padding to at least the patch, tile starts
@@ -30,8 +30,8 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
+from slicevos.benchmarks.nnunet_resample import Triple, needs_separate_z, resample_volume
 from slicevos.errors import InputError
-from slicevos.inference.nnunet_resample import Triple, needs_separate_z, resample_volume
 from slicevos.metrics.efficiency import EfficiencyMeter
 
 

@@ -57,12 +57,12 @@ def contour_interpolation(keys: Mapping[int, np.ndarray], depth: int) -> np.ndar
 
 
 def _interpolate_in_subprocess(stack: np.ndarray) -> np.ndarray:
-    """Run :func:`slicevos.inference.itk_worker.interpolate` on ``stack`` (D, H, W) uint8 in a
+    """Run :func:`slicevos.benchmarks.itk_worker.interpolate` on ``stack`` (D, H, W) uint8 in a
     fresh interpreter that imports numpy and ITK only (never torch)."""
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "keys.npy", Path(tmp) / "out.npy"
         np.save(source, stack)
-        done = subprocess.run([sys.executable, "-m", "slicevos.inference.itk_worker",
+        done = subprocess.run([sys.executable, "-m", "slicevos.benchmarks.itk_worker",
                                str(source), str(target)], capture_output=True, text=True)
         if done.returncode != 0 or not target.exists():
             raise RuntimeError(f"ITK contour interpolation failed: {done.stderr.strip()[-500:]}")

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from slicevos.data.phantom import PhantomConfig
-from slicevos.inference.nnunet_baseline import (
+from slicevos.benchmarks.nnunet_baseline import (
     NNUNetPlan,
     build_plain_conv_unet,
     run_nnunet_baseline,
 )
+from slicevos.data.phantom import PhantomConfig
 
 
 def phantom_spacing(depth: int, size: int) -> tuple[float, float, float]:

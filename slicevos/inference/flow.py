@@ -1,0 +1,268 @@
+"""The optical-flow engine of the propagation session: image-guided, needs no training.
+
+::
+
+    propagator = FlowPropagator()                       # FlowConfig() defaults
+    session = propagator.start(image)                   # windowed uint8 volume (D, C, H, W)
+    session.add_mask(40, labels_40)
+    labels = session.run()
+
+A pass from key ``k`` composes the flows between adjacent slices into one map of each slice
+onto ``k`` (``slicevos.inference.flow_field``) and warps the key's per-object signed
+distances through it once (``slicevos.inference.flow_shapes``). Scores are those distances
+(pixels, clipped to ``±clip``; background scores 0), so the session's distance-weighted mean
+of the two directions interpolates the shapes between the keys. Per slice the cost is one
+flow, one map composition, one warp of the key image, and warps of the objects' boxes only:
+it grows with the objects' area, not with their count times the slice.
+
+Confidence: ``exp(-r / residual_scale)``, ``r`` the blurred absolute difference between the
+slice and the key image warped onto it. It weighs the two directions per pixel in the fusion
+and makes the per-slice uncertainty (1 - the mean confidence over the predicted foreground).
+
+Shapes between keys: an object on both keys of a segment is the distance-weighted mean of
+its two warped signed distances; an object on one key only scores ``-radius`` (its
+area-equivalent radius there) from the other side (``absent_as_radius``), so it shrinks on
+the way and vanishes about halfway, as a person drawing the slices would expect, rather than
+within a few slices of its key (``-clip``, when that option is off).
+
+Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry an organ on
+to the volume's end:
+
+- ``intensity`` (default): each object's grey-value model from the key slices
+  (``flow_shapes.intensity_models``: its histogram against a ring around it); in a pass
+  beyond the outermost key an object ends for good on the first slice where the fraction of
+  its warped prediction whose (blurred) log-likelihood ratio is positive falls below
+  ``end_support`` times that fraction on its own key;
+- ``none``: plain warping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from slicevos.config import check_fields
+from slicevos.errors import InputError
+from slicevos.inference.box_scores import BoxScores
+from slicevos.inference.flow_field import (
+    FlowFields,
+    FlowSettings,
+    compose,
+    flow_image,
+    identity_map,
+)
+from slicevos.inference.flow_shapes import ObjectShape, intensity_models, key_shapes
+from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
+from slicevos.preprocessing.windowing import Window, resolve_windows
+
+END_RULES = ("none", "intensity")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The flow engine's options (see the module doc); ``flow`` says how flows are computed.
+    ``windows``: the CT windows of the image it is given (the first one, abdomen, is what the
+    intensity model reads); ``residual_scale`` in grey levels; ``clip`` in pixels."""
+
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    windows: tuple[str, ...] = ("abdomen", "chest", "spine")
+    clip: float = 24.0
+    residual_scale: float = 24.0
+    residual_sigma: float = 2.0
+    use_confidence: bool = True
+    end_rule: str = "intensity"
+    intensity_sigma: float = 2.0
+    end_support: float = 0.3
+    absent_as_radius: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "clip": (self.clip > 0, "a number of pixels > 0"),
+            "residual_scale": (self.residual_scale > 0, "a number > 0"),
+            "residual_sigma": (self.residual_sigma >= 0, "a number >= 0"),
+            "end_rule": (self.end_rule in END_RULES, f"one of {END_RULES}"),
+            "intensity_sigma": (self.intensity_sigma >= 0, "a number >= 0"),
+            "end_support": (0 <= self.end_support < 1, "a fraction in [0, 1)"),
+        }
+        check_fields(self, "flow", checks)
+
+    def window_presets(self) -> tuple[Window, ...]:
+        return resolve_windows(list(self.windows))
+
+
+class FlowPropagator:
+    """Builds :class:`PropagationSession` objects driven by optical flow (no network)."""
+
+    name = "flow"
+
+    def __init__(self, config: FlowConfig | None = None,
+                 keep_disagreement_map: bool = False) -> None:
+        self.config = config or FlowConfig()
+        self.windows = self.config.window_presets()
+        self.keep_disagreement_map = keep_disagreement_map
+        self.device = torch.device("cpu")
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.windows)
+
+    def check_image(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        image = torch.as_tensor(image)
+        if image.ndim != 4 or image.dtype != torch.uint8 or image.shape[0] < 1 \
+                or image.shape[1] < 1:
+            raise InputError(None, f"FlowPropagator.start expects a uint8 volume (D, C, H, W), "
+                             f"got {image.dtype} {tuple(image.shape)}",
+                             "pass window_volume(hu) of the scan")
+        return image.cpu()
+
+    def start(self, image: np.ndarray | torch.Tensor) -> PropagationSession:
+        """A session on ``image``: the windowed uint8 volume (D, C, H, W)."""
+        return PropagationSession(self.check_image(image), self.engine,
+                                  self.keep_disagreement_map)
+
+    def engine(self, session: PropagationSession) -> FlowPasses:
+        return FlowPasses(self.config, session)
+
+
+class FlowPasses(PassEngine):
+    """Flow passes of one session: flows, key shapes and intensity models (cached)."""
+
+    def __init__(self, config: FlowConfig, session: PropagationSession) -> None:
+        self.config = config
+        self.session = session
+        settings = config.flow
+        self.stack = flow_image(session.image, settings.channel, settings.smooth_sigma)
+        self.grey = (self.stack if settings.channel == 0 and settings.smooth_sigma == 0
+                     else session.image[:, 0].numpy())
+        self.flows = FlowFields(self.stack, settings)
+        self.grid = identity_map(session.height, session.width)
+        self._shapes: dict[int, dict[int, ObjectShape]] = {}
+        self._llr: dict[int, np.ndarray] | None = None
+
+    def __del__(self) -> None:
+        flows = getattr(self, "flows", None)
+        if flows is not None:
+            flows.close()
+
+    def keys_changed(self, z: int, objects_changed: bool) -> None:
+        self._shapes.pop(z, None)
+        self._llr = None
+
+    def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
+        return np.array([0, *object_ids], np.uint8)
+
+    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
+        return _mean_doubt(channels > 0, output.confidence)
+
+    def two_direction_doubt(self, fwd: PassOutput, bwd: PassOutput,
+                            foreground: np.ndarray) -> float:
+        if fwd.confidence is None or bwd.confidence is None:
+            return 0.0
+        return _mean_doubt(foreground, np.minimum(fwd.confidence, bwd.confidence))
+
+    def shapes(self, z: int) -> dict[int, ObjectShape]:
+        if z not in self._shapes:
+            self._shapes[z] = key_shapes(self.session.key_masks[z], self.config.clip)
+        return self._shapes[z]
+
+    def intensity(self) -> dict[int, np.ndarray]:
+        if self._llr is None:
+            self._llr = intensity_models((self.grey[z], labels)
+                                         for z, labels in self.session.key_masks.items())
+        return self._llr
+
+    def run_pass(self, start: int, other: int | None,
+                 slices: range) -> Iterator[tuple[int, PassOutput]]:
+        """:class:`BoxScores` of O + 1 channels: 0 for background, clipped signed distances
+        of the objects (in their boxes); confidence (H, W) from the warp residual."""
+        cfg = self.config
+        order = list(slices)
+        step = 1 if not order or order[0] > start else -1
+        self.flows.prefetch((z, z - step) for z in order)
+        channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
+        shapes = self.shapes(start)
+        ended: set[int] = set()
+        # an object on the other key only: as far outside here as it is deep inside there,
+        # so the fused shape shrinks to nothing halfway (not within a few slices of its key)
+        absent = {o: min(shape.radius, cfg.clip) for o, shape in
+                  (self.shapes(other).items() if other is not None else ())
+                  if o not in shapes} if cfg.absent_as_radius else {}
+        mapping, previous = self.grid, start
+        for z in order:
+            mapping = compose(mapping, self.flows.flow(z, previous), self.grid)
+            self.session.stats.flow_fields += 1
+            previous = z
+            fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
+            fill[0] = 0.0
+            for object_id, radius in absent.items():
+                fill[channel[object_id]] = -radius
+            scores = BoxScores((self.session.height, self.session.width), fill)
+            for object_id, shape in shapes.items():
+                if object_id in ended:
+                    continue
+                region, warped = self._warp(shape, mapping)
+                if other is None and cfg.end_rule != "none" and self._support(
+                        object_id, z, region, warped) < cfg.end_support * self._key_support(
+                        start, object_id, shape):
+                    ended.add(object_id)
+                    continue
+                scores.boxes[channel[object_id]] = region, warped
+            yield z, PassOutput(scores, self._confidence(start, z, mapping))
+
+    def _warp(self, shape: ObjectShape, mapping: np.ndarray
+              ) -> tuple[tuple[slice, slice], np.ndarray]:
+        """The object's distances warped onto the slice, inside the region (rows, cols) where
+        its key crop can land (the crop grown by the largest displacement over it)."""
+        height, width = shape.distance.shape
+        rows = slice(shape.top, shape.top + height)
+        cols = slice(shape.left, shape.left + width)
+        # displacements are smooth: every 4th pixel bounds them to within a pixel or two
+        sample = (slice(rows.start, rows.stop, 4), slice(cols.start, cols.stop, 4))
+        reach = int(np.ceil(np.abs(mapping[sample] - self.grid[sample]).max())) + 3
+        region = (slice(max(0, rows.start - reach), min(self.session.height, rows.stop + reach)),
+                  slice(max(0, cols.start - reach), min(self.session.width, cols.stop + reach)))
+        local = mapping[region] - np.array([shape.left, shape.top], np.float32)
+        warped = cv2.remap(shape.distance, np.ascontiguousarray(local), None, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=-self.config.clip)
+        return region, warped
+
+    def _support(self, object_id: int, z: int, region: tuple[slice, slice],
+                 warped: np.ndarray) -> float:
+        """Fraction of the object's warped prediction (score > 0) whose grey values look like
+        the object on its keys (blurred llr > 0); 1 for an empty prediction."""
+        predicted = warped > 0
+        total = int(predicted.sum())
+        if not total:
+            return 1.0
+        llr = self.intensity()[object_id][self.grey[z][region]]
+        if self.config.intensity_sigma > 0:
+            llr = cv2.GaussianBlur(llr, (0, 0), self.config.intensity_sigma)
+        return float((predicted & (llr > 0)).sum()) / total
+
+    def _key_support(self, z: int, object_id: int, shape: ObjectShape) -> float:
+        """:meth:`_support` of the object on its own key slice ``z`` (the yardstick)."""
+        height, width = shape.distance.shape
+        region = (slice(shape.top, shape.top + height), slice(shape.left, shape.left + width))
+        return self._support(object_id, z, region, shape.distance)
+
+    def _confidence(self, key: int, z: int, mapping: np.ndarray) -> np.ndarray | None:
+        cfg = self.config
+        if not cfg.use_confidence:
+            return None
+        warped = cv2.remap(self.stack[key], mapping, None, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.absdiff(warped, self.stack[z]).astype(np.float32)
+        if cfg.residual_sigma > 0:
+            residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma)
+        return np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
+
+
+def _mean_doubt(foreground: np.ndarray, confidence: np.ndarray | None) -> float:
+    """1 - the mean confidence over the ``foreground`` pixels (0 if none, or no confidence)."""
+    if confidence is None or not foreground.any():
+        return 0.0
+    return float(1.0 - confidence[foreground].mean())

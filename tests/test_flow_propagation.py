@@ -1,0 +1,225 @@
+"""The optical-flow propagation engine behind the session: quality against nearest-key copy
+(phantoms always, a real volume when ../shared is there), segment-local re-propagation, any
+label ids and object counts, edge cases of keys and slice shapes, determinism whatever the
+thread count, box scores against their dense form, and the bad-input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slicevos.benchmarks.baselines import nearest_key_copy
+from slicevos.data.phantom import PhantomConfig, make_phantom
+from slicevos.errors import InputError
+from slicevos.inference.box_scores import BoxScores
+from slicevos.inference.engines import build_propagator
+from slicevos.inference.flow import FlowConfig, FlowPropagator
+from slicevos.inference.flow_field import FlowSettings
+from slicevos.inference.session import fuse_directions, score_channels
+from slicevos.io import FLARE22, load_labels, load_volume
+from slicevos.metrics.overlap import dice
+from slicevos.preprocessing.windowing import window_volume
+
+
+def propagate(hu: np.ndarray, keys: dict[int, np.ndarray],
+              config: FlowConfig | None = None) -> np.ndarray:
+    propagator = FlowPropagator(config)
+    session = propagator.start(window_volume(hu, propagator.windows))
+    for z, labels in keys.items():
+        session.add_mask(z, labels)
+    return session.run()
+
+
+def mean_dice(truth: np.ndarray, pred: np.ndarray, keys: list[int]) -> float:
+    others = [z for z in range(len(truth)) if z not in keys]
+    ids = [i for i in np.unique(truth[others]) if i]
+    return float(np.mean([dice(truth[others] == i, pred[others] == i) for i in ids]))
+
+
+@pytest.mark.parametrize("seed", [1000, 1001])
+def test_flow_beats_nearest_key_copy_on_a_phantom(seed: int) -> None:
+    phantom = make_phantom(seed, PhantomConfig(shape=(48, 96, 96)))
+    keys = list(range(0, 48, 10))
+    key_masks = {z: phantom.labels[z] for z in keys}
+    flow = mean_dice(phantom.labels, propagate(phantom.hu, key_masks), keys)
+    nearest = mean_dice(phantom.labels, nearest_key_copy(key_masks, 48), keys)
+    assert flow > nearest + 0.01, (flow, nearest)
+
+
+@pytest.mark.real
+def test_flow_beats_nearest_key_copy_on_real_ct(real_data) -> None:
+    volume = load_volume(real_data / "example_ct_full112" / "ct.nii.gz")
+    truth, _ = load_labels(real_data / "example_ct_full112" / "label_flare.nii.gz",
+                           reference=volume, schema=FLARE22)
+    keys = list(range(0, len(truth), 10))
+    key_masks = {z: truth[z] for z in keys}
+    flow = mean_dice(truth, propagate(volume.hu, key_masks), keys)
+    nearest = mean_dice(truth, nearest_key_copy(key_masks, len(truth)), keys)
+    assert flow > nearest + 0.03, (flow, nearest)
+
+
+def moving_disk_volume(depth: int = 12, height: int = 40, width: int = 56,
+                       ids: tuple[int, ...] = (7,)) -> tuple[np.ndarray, np.ndarray]:
+    """HU volume with bright disks drifting right one pixel per slice, and their labels."""
+    yy, xx = np.mgrid[:height, :width]
+    hu = np.full((depth, height, width), -100.0, np.float32)
+    labels = np.zeros((depth, height, width), np.uint8)
+    for z in range(depth):
+        for i, object_id in enumerate(ids):
+            cy, cx = 8 + (i % 3) * 12, 10 + z + (i // 3) * 14
+            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+            hu[z][disk] = 150.0 + 20 * (i % 4)
+            labels[z][disk] = object_id
+    return hu, labels
+
+
+def test_flow_follows_a_moving_object_and_keeps_keys_exact() -> None:
+    hu, labels = moving_disk_volume()
+    pred = propagate(hu, {0: labels[0], 11: labels[11]})
+    np.testing.assert_array_equal(pred[[0, 11]], labels[[0, 11]])
+    assert pred.dtype == np.uint8 and pred.shape == labels.shape
+    assert mean_dice(labels, pred, [0, 11]) > 0.8
+
+
+def test_repropagation_touches_only_the_segments_next_to_a_corrected_key() -> None:
+    hu, labels = moving_disk_volume(depth=16)
+    propagator = FlowPropagator()
+    session = propagator.start(window_volume(hu, propagator.windows))
+    for z in (0, 5, 10, 15):
+        session.add_mask(z, labels[z])
+    before = session.run().copy()
+    flows = session.stats.flow_fields
+    corrected = labels[10].copy()
+    corrected[:, :4] = 7  # a visible change on key 10
+    session.add_mask(10, corrected)
+    redone = sorted(z for z, _ in session.propagate())
+    assert redone == [6, 7, 8, 9, 11, 12, 13, 14]
+    assert session.stats.flow_fields - flows == 2 * len(redone)  # two directions each
+    np.testing.assert_array_equal(session.labels[:6], before[:6])
+    np.testing.assert_array_equal(session.labels[15:], before[15:])
+
+
+def test_any_label_ids_and_many_objects() -> None:
+    ids = tuple(range(60, 60 + 40 * 5, 5))[:12]  # 12 objects with ids far beyond FLARE's
+    hu, labels = moving_disk_volume(depth=10, height=48, width=96, ids=ids)
+    pred = propagate(hu, {0: labels[0], 9: labels[9]})
+    assert set(np.unique(pred)) <= {0, *ids}
+    assert set(np.unique(pred[4])) == {0, *ids}
+
+
+def test_non_square_slices_one_slice_segments_and_keys_on_the_edges() -> None:
+    hu, labels = moving_disk_volume(depth=7, height=30, width=70)
+    keys = {0: labels[0], 2: labels[2], 3: labels[3], 6: labels[6]}
+    propagator = FlowPropagator()
+    session = propagator.start(window_volume(hu, propagator.windows))
+    for z, mask in keys.items():
+        session.add_mask(z, mask)
+    done = sorted(z for z, _ in session.propagate())
+    assert done == [1, 4, 5]
+    assert np.isfinite(session.slice_uncertainty).all()
+    assert ((session.slice_uncertainty >= 0) & (session.slice_uncertainty <= 1)).all()
+    assert (session.slice_uncertainty[list(keys)] == 0).all()
+    assert (session.labels[1] == 7).sum() > 0
+
+
+def test_organ_ends_beyond_the_outermost_key_with_the_intensity_rule() -> None:
+    """A bright disk that stops at slice 5: from a key on slice 2 the flow alone carries it to
+    the volume's end; the intensity rule ends it where the image no longer shows it."""
+    hu, labels = moving_disk_volume(depth=12)
+    hu[6:] = -100.0
+    labels[6:] = 0
+    keys = {2: labels[2]}
+    plain = propagate(hu, keys, FlowConfig(end_rule="none"))
+    ended = propagate(hu, keys, FlowConfig(end_rule="intensity"))
+    assert (plain[8:] == 7).any()
+    assert not (ended[8:] == 7).any()
+    assert (ended[3:6] == 7).sum() > 0.5 * (labels[3:6] == 7).sum()
+
+
+def test_the_same_labels_with_one_or_two_flow_threads() -> None:
+    phantom = make_phantom(3, PhantomConfig(shape=(20, 64, 64)))
+    keys = {z: phantom.labels[z] for z in (2, 12)}
+    results = [propagate(phantom.hu, keys, FlowConfig(flow=FlowSettings(threads=t)))
+               for t in (1, 2)]
+    np.testing.assert_array_equal(*results)
+
+
+def test_box_scores_match_their_dense_form() -> None:
+    rng = np.random.default_rng(0)
+    shape = (20, 30)
+
+    def random_scores() -> BoxScores:
+        scores = BoxScores(shape, np.array([0, -4, -3, -5], np.float32))
+        for channel in (1, 3):
+            top, left = rng.integers(0, 10, 2)
+            box = (slice(top, top + 8), slice(left, left + 12))
+            scores.boxes[channel] = box, rng.normal(0, 3, (8, 12)).astype(np.float32)
+        return scores
+
+    first, second = random_scores(), random_scores()
+    np.testing.assert_array_equal(first.argmax(), first.dense().numpy().argmax(0))
+    weight = rng.uniform(0.2, 0.8, shape).astype(np.float32)
+    blended = fuse_directions(first, second, 3, 1, 5, weight, 1 - weight)
+    dense = fuse_directions(first.dense(), second.dense(), 3, 1, 5, weight, 1 - weight)
+    np.testing.assert_array_equal(score_channels(blended), score_channels(dense))
+
+
+def test_bad_input_errors() -> None:
+    hu, labels = moving_disk_volume(depth=6)
+    propagator = FlowPropagator()
+    session = propagator.start(window_volume(hu, propagator.windows))
+    with pytest.raises(InputError, match="no key slice"):
+        session.run()
+    with pytest.raises(InputError, match="shape"):
+        session.add_mask(1, labels[1][:, :10])
+    with pytest.raises(InputError, match="outside the volume"):
+        session.add_mask(6, labels[0])
+    with pytest.raises(InputError, match="uint8 volume"):
+        propagator.start(np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(InputError, match="takes no checkpoint"):
+        build_propagator("flow", "some.pt")
+    with pytest.raises(InputError, match="needs a propagation checkpoint"):
+        build_propagator("stcn")
+    with pytest.raises(InputError, match="unknown propagation engine"):
+        build_propagator("magic")
+
+
+def test_semi_automatic_pipeline_with_flow_checks_keys() -> None:
+    from slicevos.inference.pipeline import VolumePipeline
+    from slicevos.io.volume import Geometry, Volume
+
+    hu, labels = moving_disk_volume(depth=8)
+    depth, height, width = hu.shape
+    volume = Volume(hu, Geometry(np.eye(4), (width, height, depth)))
+    pipeline = VolumePipeline.from_checkpoints(None, schema=FLARE22)
+    assert pipeline.propagator.name == "flow"
+    result = pipeline.run(volume, keys={0: np.where(labels[0] > 0, 1, 0).astype(np.uint8),
+                                        7: np.where(labels[7] > 0, 1, 0).astype(np.uint8)})
+    assert result.labels.shape == hu.shape and (result.labels[3] == 1).any()
+    with pytest.raises(InputError, match="does not have"):
+        pipeline.run(volume, keys={0: np.full(hu.shape[1:], 20, np.uint8)})
+    with pytest.raises(InputError, match="does not fit"):
+        pipeline.run(volume, keys={0: labels[0][:, :5]})
+
+
+@pytest.mark.parametrize("mode", ["per_object", "joint"])
+def test_fused_engine_mixes_a_network_with_flow(mode: str) -> None:
+    from slicevos.inference.engines import FusedPropagator
+    from slicevos.inference.propagation import Propagator
+    from slicevos.models.propagation import PropagationModelConfig, PropagationNet
+
+    torch.manual_seed(0)
+    net = PropagationNet(PropagationModelConfig(
+        key_backbone="mobilenetv3_small_050", value_backbone="mobilenetv3_small_050",
+        key_dim=16, value_dim=32, value_fuser_blocks=1, decoder_channels=(32, 16, 16),
+        in_channels=3, object_mode=mode, num_classes=10))
+    flow = FlowPropagator()
+    fused = FusedPropagator(Propagator(net, feature_dtype=torch.float32), flow, flow.windows)
+    hu, labels = moving_disk_volume(depth=6, height=32, width=48)
+    session = fused.start(window_volume(hu, flow.windows))
+    session.add_mask(0, labels[0])
+    session.add_mask(5, labels[5])
+    out = session.run()
+    assert out.shape == labels.shape and set(np.unique(out)) <= set(range(10))
+    assert np.isfinite(session.slice_uncertainty).all()
