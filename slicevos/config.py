@@ -66,6 +66,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     if unknown:
         raise InputError(where, f"unknown key(s) {unknown} for {cls.__name__}",
                          f"valid keys are {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.init
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(where, f"missing key(s) {missing} for {cls.__name__}",
+                         "add them (configs/ has complete examples)")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -100,6 +105,9 @@ def load_config(path: str | PathLike, cls: type[T], overrides: dict[str, Any] | 
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(path, f"invalid YAML ({err})".replace("\n", " "), "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(path, f"holds a YAML {type(data).__name__}, not a mapping of settings",
+                         "pass a config file of 'key: value' lines (configs/ has examples)")
     data.update(overrides or {})
     apply_overrides(data, assignments)
     return from_dict(cls, data, str(path))

@@ -3,6 +3,8 @@ and nothing is written."""
 
 from __future__ import annotations
 
+import gzip
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -174,3 +176,52 @@ def test_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "out.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+# ---- unusable affines: an InputError, never a guessed geometry ----------------------------
+def raw_nifti(path, data, qform_code=1, sform_code=1, srow=None, zero_pixdim=False):
+    """Write ``data`` as NIfTI bytes by hand (``.gz`` compressed by name): nibabel itself
+    refuses to write zero voxel sizes. ``srow``: (3, 4) sform rows; ``zero_pixdim``: pixdim[1:4]
+    = 0, which makes the qform (built from pixdim) unusable."""
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=sform_code)
+    if srow is not None:
+        for name, row in zip(("srow_x", "srow_y", "srow_z"), np.asarray(srow), strict=True):
+            img.header[name] = row
+    raw = bytearray(img.header.binaryblock) + bytes(4) + data.tobytes(order="F")
+    if zero_pixdim:
+        raw[80:92] = bytes(12)  # pixdim[1], [2], [3]: float32 at byte 80
+    path.write_bytes(gzip.compress(bytes(raw)) if str(path).endswith(".gz") else bytes(raw))
+    return path
+
+
+ZERO_SFORM = np.zeros((3, 4))
+SINGULAR_SFORM = np.array([[0.8, 0, 0, 0], [0, 0.8, 0, 0], [0, 0, 0, 0]])  # no z axis
+
+
+@pytest.mark.parametrize(("case", "kwargs", "words"), [
+    ("sform_zero_qform_zero", dict(srow=ZERO_SFORM, zero_pixdim=True), ["sform (sform_code 1)"]),
+    ("sform_zero", dict(srow=ZERO_SFORM), ["sform (sform_code 1)", "singular"]),
+    ("sform_singular", dict(qform_code=0, srow=SINGULAR_SFORM), ["sform", "singular"]),
+    ("qform_only_zero_pixdim", dict(sform_code=0, zero_pixdim=True),
+     ["qform (qform_code 1, sform_code 0)", "voxel sizes [0.0, 0.0, 0.0]"]),
+    ("no_transform_zero_pixdim", dict(qform_code=0, sform_code=0, zero_pixdim=True),
+     ["pixdim voxel sizes"]),
+])
+def test_unusable_affine_is_an_input_error(tmp_path, case, kwargs, words):
+    for name, data in (("ct.nii.gz", ct()), ("lab.nii", np.zeros((8, 9, 10), np.uint8))):
+        path = raw_nifti(tmp_path / name, data, **kwargs)
+        with pytest.raises(InputError) as err:
+            (load_volume if name.startswith("ct") else load_labels)(path)
+        assert_one_line(err, path, "unusable affine", "re-export", *words)
+
+
+def test_a_broken_qform_beside_a_valid_sform_is_ignored(tmp_path):
+    """nibabel uses the sform when sform_code > 0; the qform does not matter then."""
+    path = raw_nifti(tmp_path / "ct.nii.gz", ct(), zero_pixdim=True)
+    assert load_volume(path).spacing == pytest.approx((2.5, 0.8, 0.8))
+    out = tmp_path / "seg.nii.gz"
+    save_labels(np.zeros((10, 9, 8), np.uint8), load_volume(path), out)
+    np.testing.assert_allclose(nib.load(out).affine, np.diag([0.8, 0.8, 2.5, 1.0]))

@@ -50,12 +50,13 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
     the given checkpoints; ``engine`` flow propagates with optical flow (no network)."""
     import dataclasses
 
+    import torch
     import yaml
 
     from slicevos.config import from_dict
     from slicevos.inference.config import InferenceConfig
-    from slicevos.inference.pipeline import VolumePipeline
     from slicevos.inference.flow import FlowPropagator
+    from slicevos.inference.pipeline import VolumePipeline
     from slicevos.inference.propagation import Propagator
     from slicevos.inference.segmenter import ReferenceSegmenter
     from slicevos.io.labels import get_schema
@@ -72,6 +73,7 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
         return VolumePipeline.from_checkpoints(propagation if engine != "flow" else None,
                                                reference, None, options, device)
     schema, windows = get_schema("flare22"), resolve_windows()
+    torch.manual_seed(0)  # the same random networks in every run and for every engine
     ref_cfg = yaml.safe_load((CONFIGS / "reference" / f"{config_name}.yaml").read_text())
     prop_cfg = yaml.safe_load((CONFIGS / "propagation" / f"{config_name}.yaml").read_text())
     pair = build_cps_pair(from_dict(CPSConfig, ref_cfg["model"]), schema.num_classes,

@@ -1,6 +1,7 @@
 """slicevos-generate-pseudo-labels: predict every unlabeled volume with several reference
-checkpoints (and TTA flips as extra members); store each member's labels (uint8), the fused
-pseudo-label and the consensus score per case. Reruns skip finished cases.
+checkpoints (each as the CPS pair or as its two networks, and TTA flips as extra members);
+store each member's labels (uint8), the fused pseudo-label and the consensus score per case.
+Reruns skip finished cases.
 
 Sharding: ``torchrun --nproc_per_node=N tools/generate_pseudo_labels.py ...`` (each rank takes
 every N-th case and, on CUDA, its own GPU), or separate processes with --rank/--world-size."""
@@ -32,7 +33,8 @@ def _body(args: argparse.Namespace) -> int:
         info = init_distributed(args.device)
         rank, world, device = info.rank, info.world_size, info.device
     try:
-        members = reference_members(args.checkpoints, args.tta, device, args.batch_size)
+        members = reference_members(args.checkpoints, args.tta, device, args.batch_size,
+                                    networks=args.networks)
         schema = members[0].segmenter.info.schema
         cases = cases_from_inputs(args.inputs, schema)
         summary = generate_pseudo_labels(
@@ -58,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoints", nargs="+", required=True,
                         help="reference checkpoints (last.pt / best.pt of slicevos-train-reference)")
     parser.add_argument("--out", required=True, help="pseudo-label folder (created; reruns resume)")
+    parser.add_argument("--networks", nargs="+", default=["pair"], choices=("pair", "a", "b"),
+                        help="members per checkpoint: the CPS pair (default), and/or its networks "
+                        "a (TransUNet) and b (DeepLabV3+) alone, e.g. --networks a b")
     parser.add_argument("--tta", nargs="*", default=[], choices=("flip_lr", "flip_ud"),
-                        help="flips run as extra members of every checkpoint")
+                        help="flips run as extra members of every checkpoint (only for networks "
+                        "trained with mirroring)")
     parser.add_argument("--variant", default="dice_mean", choices=VARIANTS,
                         help="consensus score stored in case.json (default dice_mean; "
                         "slicevos-filter-pseudo-labels rescores for another variant)")

@@ -1,10 +1,13 @@
 """slicevos-run-rounds: iterative pseudo-labeling from one YAML (configs/rounds/*.yaml).
 
-Each round: build the slice cache, train M reference members (CPS pair, one per seed), pseudo-
-label the unlabeled cases (members + TTA flips), filter by consensus, write the next round's
-dataset (labeled + accepted), and score the members on the held-out validation cases. The
-table OUT/rounds.csv gets one row per round. Killed runs resume where they stopped: rerun the
-same command."""
+Each round: build the slice cache, train one CPS pair per seed, pseudo-label the unlabeled
+cases (members: each pair's two networks, or the pairs, + TTA flips), filter by consensus
+(the shipped configs keep the best half of each round), write the next round's dataset
+(labeled + accepted), and score the members on the held-out validation cases. The
+table OUT/rounds.csv gets one row per round (round 0 = labeled-only baseline with
+``baseline: true``). A round whose validation DSC falls below the last kept round's is flagged
+and, by default (``on_regression: rollback``), undone: OUT/result.json names the model to use.
+Killed runs resume where they stopped: rerun the same command."""
 
 from __future__ import annotations
 
@@ -42,14 +45,16 @@ class ModelSteps:
             *self.config.train_overrides, f"schema={self.config.schema}",
             f"data.cache_dir={ctx.cache}", f"data.val_cases=[{held_out}]", "data.val_fraction=0",
             f"data.seed={seed}", f"train.seed={seed}", f"train.out_dir={ctx.member_dir(seed)}",
-            f"train.device={self.device.type}"])
+            f"train.device={self.device.type}",
+            *(["cps.mode=supervised"] if ctx.round == 0 else [])])  # round 0: labeled only
         return resolve_relative_augment(config, path)
 
     def _members(self, ctx: RoundContext) -> list[Any]:
         from slicevos.inference.ensemble import reference_members
 
-        return reference_members(ctx.results["train"]["checkpoints"], self.config.members.tta,
-                                 self.device, self.config.members.batch_size)
+        members = self.config.members
+        return reference_members(ctx.results["train"]["checkpoints"], members.tta, self.device,
+                                 members.batch_size, networks=members.networks)
 
     def train(self, ctx: RoundContext) -> dict[str, Any]:
         from slicevos.training.reference import ReferenceTrainer
@@ -117,7 +122,8 @@ def _body(args: argparse.Namespace) -> int:
     runner = RoundRunner(config, steps)
     rows = runner.run()
     print(format_table(rows))
-    print(f"stopped: {runner.stop_reason}; table {Path(config.out_dir) / 'rounds.csv'}")
+    print(f"stopped: {runner.stop_reason}; table {Path(config.out_dir) / 'rounds.csv'}, "
+          f"result (model to use) {Path(config.out_dir) / 'result.json'}")
     return 0
 
 

@@ -94,9 +94,6 @@ class FusedPasses(PassEngine):
     def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
         return self.stcn.one_direction_uncertainty(output, channels)
 
-    def two_direction_doubt(self, fwd: PassOutput, bwd: PassOutput,
-                            foreground: np.ndarray) -> float:
-        return self.flow.two_direction_doubt(fwd, bwd, foreground)
 
     def run_pass(self, start: int, other: int | None,
                  slices: range) -> Iterator[tuple[int, PassOutput]]:

@@ -3,19 +3,24 @@
 A member is any object with a ``name``, an ``identity()`` (JSON-ready: what makes its output
 what it is, checked before a rerun reuses a case) and ``predict(volume) -> uint8 (D, H, W)``
 on the canonical grid. ``ReferenceMember`` runs a reference checkpoint (CPS pair) over every
-slice, optionally on flipped slices (TTA). The propagation pipeline can become a member type
-later without touching generation.
+slice, optionally on flipped slices (TTA). ``PipelineMember`` runs the whole pipeline
+(reference key slices + STCN or optical-flow propagation, ``slicevos.inference.pipeline``).
 
 TTA flips act on the windowed slices (D, C, H, W): ``flip_lr`` mirrors columns (patient right
 <-> left), ``flip_ud`` rows (anterior <-> posterior). The prediction is flipped back. A
 left-right mirror turns the patient's right kidney into a left kidney, so after ``flip_lr`` the
 paired classes ``right_X`` / ``left_X`` of the schema swap ids back.
+
+``network`` picks what a member runs of the pair: ``"pair"`` (both networks, mean softmax),
+``"a"`` (TransUNet) or ``"b"`` (DeepLabV3+) alone, so one checkpoint gives two different
+models as members (the paper's consensus is over different models).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +35,7 @@ from slicevos.preprocessing.position import relative_position
 from slicevos.preprocessing.windowing import window_volume
 
 FLIP_AXES = {"flip_lr": -1, "flip_ud": -2}  # axis of (..., H, W)
+NETWORKS = ("pair", "a", "b")
 
 
 class Member(Protocol):
@@ -42,22 +48,53 @@ class Member(Protocol):
         """Canonical volume -> uint8 (D, H, W) labels."""
 
 
-class ReferenceMember:
-    """A reference checkpoint (CPS pair, mean of both softmaxes) as an ensemble member."""
+class OneNetwork(torch.nn.Module):
+    """One network of a CPS pair (``"a"`` or ``"b"``) with the pair's output stride."""
 
-    def __init__(self, segmenter: ReferenceSegmenter, name: str, flip: str | None = None) -> None:
+    def __init__(self, pair: torch.nn.Module, network: str) -> None:
+        super().__init__()
+        self.net = pair.net_a if network == "a" else pair.net_b
+        self.output_stride = int(pair.output_stride)
+
+    def forward(self, images: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(images, positions)
+
+
+def network_segmenter(pair_segmenter: ReferenceSegmenter, network: str) -> ReferenceSegmenter:
+    """A segmenter running ``network`` ("pair", "a" or "b") of a checkpoint's CPS pair; the
+    weights are shared with ``pair_segmenter``."""
+    if network not in NETWORKS:
+        raise InputError(None, f"unknown network {network!r}", f"use one of {list(NETWORKS)}")
+    if network == "pair":
+        return pair_segmenter
+    seg = ReferenceSegmenter(OneNetwork(pair_segmenter.model, network), pair_segmenter.device,
+                             pair_segmenter.batch_size, pair_segmenter.amp_dtype)
+    seg.info = pair_segmenter.info
+    return seg
+
+
+class ReferenceMember:
+    """A reference checkpoint (CPS pair, mean of both softmaxes, or one of its networks) as an
+    ensemble member."""
+
+    def __init__(self, segmenter: ReferenceSegmenter, name: str, flip: str | None = None,
+                 network: str = "pair") -> None:
         if segmenter.info is None:
             raise ValueError("segmenter must come from ReferenceSegmenter.from_checkpoint")
         if flip is not None and flip not in FLIP_AXES:
             raise InputError(None, f"unknown TTA flip {flip!r}", f"use one of {sorted(FLIP_AXES)}")
-        self.segmenter, self.name, self.flip = segmenter, name, flip
+        self.segmenter, self.name, self.flip = network_segmenter(segmenter, network), name, flip
+        self.network = network
         self._lut = (mirrored_class_order(segmenter.info.schema, 256).astype(np.uint8)
                      if flip == "flip_lr" else None)  # label id -> id with right/left swapped
 
     def identity(self) -> dict[str, Any]:
         path = self.segmenter.info.path
-        return {"name": self.name, "type": "reference", "flip": self.flip,
-                "checkpoint": str(path.absolute()), "fingerprint": source_fingerprint(path)}
+        identity = {"name": self.name, "type": "reference", "flip": self.flip,
+                    "checkpoint": str(path.absolute()), "fingerprint": source_fingerprint(path)}
+        if self.network != "pair":  # pair members keep the identity they always had
+            identity["network"] = self.network
+        return identity
 
     def predict(self, volume: Volume) -> np.ndarray:
         images = window_volume(volume.hu, self.segmenter.info.windows)  # (D, C, H, W)
@@ -72,9 +109,11 @@ class ReferenceMember:
 
 def reference_members(checkpoints: Sequence[str | PathLike], tta: Sequence[str] = (),
                       device: str | torch.device = "cpu", batch_size: int = 8,
-                      amp_dtype: torch.dtype | None = None) -> list[ReferenceMember]:
-    """Members ``ckpt<i>`` and ``ckpt<i>+<flip>`` for each checkpoint (one model in memory per
-    checkpoint). All checkpoints must share one label schema."""
+                      amp_dtype: torch.dtype | None = None,
+                      networks: Sequence[str] = ("pair",)) -> list[ReferenceMember]:
+    """Per checkpoint i and network n of ``networks``: member ``ckpt<i>`` (n = "pair") or
+    ``ckpt<i>.<n>``, plus ``<that>+<flip>`` per TTA flip (one model in memory per checkpoint).
+    All checkpoints must share one label schema."""
     members: list[ReferenceMember] = []
     schema = None
     for i, path in enumerate(checkpoints):
@@ -83,9 +122,49 @@ def reference_members(checkpoints: Sequence[str | PathLike], tta: Sequence[str] 
             raise InputError(path, f"schema {segmenter.info.schema.name} differs from the first "
                              f"checkpoint's {schema.name}", "use checkpoints of one label schema")
         schema = segmenter.info.schema
-        members.append(ReferenceMember(segmenter, f"ckpt{i}"))
-        members += [ReferenceMember(segmenter, f"ckpt{i}+{flip}", flip) for flip in tta]
+        for network in networks:
+            name = f"ckpt{i}" if network == "pair" else f"ckpt{i}.{network}"
+            members.append(ReferenceMember(segmenter, name, network=network))
+            members += [ReferenceMember(segmenter, f"{name}+{flip}", flip, network)
+                        for flip in tta]
     return members
+
+
+class PipelineMember:
+    """The full pipeline as an ensemble member: a reference checkpoint's key slices, filled by
+    one propagation ``engine`` ("stcn" with a ``propagation`` checkpoint, "flow" without)."""
+
+    def __init__(self, reference: str | PathLike, engine: str, name: str,
+                 propagation: str | PathLike | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        from slicevos.inference.config import InferenceConfig
+        from slicevos.inference.pipeline import VolumePipeline
+
+        config = InferenceConfig(propagator=engine)
+        self.pipeline = VolumePipeline.from_checkpoints(
+            propagation if engine != "flow" else None, reference, config=config,
+            device=str(torch.device(device)))
+        self.name, self.engine = name, engine
+        self.paths = {"reference": Path(reference)}
+        if engine != "flow" and propagation is not None:
+            self.paths["propagation"] = Path(propagation)
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "type": "pipeline", "engine": self.engine,
+                **{k: str(p.absolute()) for k, p in self.paths.items()},
+                **{f"{k}_fingerprint": source_fingerprint(p) for k, p in self.paths.items()}}
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        return self.pipeline.run(volume).labels
+
+
+def pipeline_members(checkpoints: Sequence[str | PathLike], engines: Sequence[str],
+                     propagation: str | PathLike | None = None,
+                     device: str | torch.device = "cpu") -> list[PipelineMember]:
+    """Member ``ckpt<i>.<engine>`` per reference checkpoint and engine (the same keys filled
+    by each engine; names match :func:`reference_members`)."""
+    return [PipelineMember(path, engine, f"ckpt{i}.{engine}", propagation, device)
+            for i, path in enumerate(checkpoints) for engine in engines]
 
 
 def predict_members(volume: Volume, members: Sequence[Member]) -> np.ndarray:

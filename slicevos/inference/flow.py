@@ -16,14 +16,18 @@ flow, one map composition, one warp of the key image, and warps of the objects' 
 it grows with the objects' area, not with their count times the slice.
 
 Confidence: ``exp(-r / residual_scale)``, ``r`` the blurred absolute difference between the
-slice and the key image warped onto it. It weighs the two directions per pixel in the fusion
-and makes the per-slice uncertainty (1 - the mean confidence over the predicted foreground).
+slice and the key image warped onto it. It weighs the two directions per pixel in the fusion,
+and beyond the outermost keys (one direction, no disagreement to measure) it makes the
+per-slice uncertainty: 1 - the mean confidence over the predicted foreground.
 
 Shapes between keys: an object on both keys of a segment is the distance-weighted mean of
-its two warped signed distances; an object on one key only scores ``-radius`` (its
-area-equivalent radius there) from the other side (``absent_as_radius``), so it shrinks on
-the way and vanishes about halfway, as a person drawing the slices would expect, rather than
-within a few slices of its key (``-clip``, when that option is off).
+its two warped signed distances. An object on one key only scores ``-absent_depth * radius``
+(its area-equivalent radius on the key that has it) from the other side, so it shrinks on
+the way and vanishes ``1 / (1 + absent_depth)`` of the way to the key without it (None:
+``-clip``, which makes small organs vanish within a few slices of their key). Measured on the
+shared real volumes (keys every 5/10/20): 0.3 beats 1.0 everywhere, e.g. example_ct_full112
+at keys every 10 0.764 -> 0.822 mean DSC, lidc_chest_abdomen133 0.861 -> 0.868; 0.15-0.3 is
+a plateau.
 
 Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry an organ on
 to the volume's end:
@@ -77,7 +81,7 @@ class FlowConfig:
     end_rule: str = "intensity"
     intensity_sigma: float = 2.0
     end_support: float = 0.3
-    absent_as_radius: bool = True
+    absent_depth: float | None = 0.3
 
     def __post_init__(self) -> None:
         checks = {
@@ -87,6 +91,8 @@ class FlowConfig:
             "end_rule": (self.end_rule in END_RULES, f"one of {END_RULES}"),
             "intensity_sigma": (self.intensity_sigma >= 0, "a number >= 0"),
             "end_support": (0 <= self.end_support < 1, "a fraction in [0, 1)"),
+            "absent_depth": (self.absent_depth is None or self.absent_depth > 0,
+                             "null or a number > 0"),
         }
         check_fields(self, "flow", checks)
 
@@ -143,11 +149,6 @@ class FlowPasses(PassEngine):
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[int, np.ndarray] | None = None
 
-    def __del__(self) -> None:
-        flows = getattr(self, "flows", None)
-        if flows is not None:
-            flows.close()
-
     def keys_changed(self, z: int, objects_changed: bool) -> None:
         self._shapes.pop(z, None)
         self._llr = None
@@ -158,11 +159,6 @@ class FlowPasses(PassEngine):
     def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
         return _mean_doubt(channels > 0, output.confidence)
 
-    def two_direction_doubt(self, fwd: PassOutput, bwd: PassOutput,
-                            foreground: np.ndarray) -> float:
-        if fwd.confidence is None or bwd.confidence is None:
-            return 0.0
-        return _mean_doubt(foreground, np.minimum(fwd.confidence, bwd.confidence))
 
     def shapes(self, z: int) -> dict[int, ObjectShape]:
         if z not in self._shapes:
@@ -188,9 +184,9 @@ class FlowPasses(PassEngine):
         ended: set[int] = set()
         # an object on the other key only: as far outside here as it is deep inside there,
         # so the fused shape shrinks to nothing halfway (not within a few slices of its key)
-        absent = {o: min(shape.radius, cfg.clip) for o, shape in
+        absent = {o: min(cfg.absent_depth * shape.radius, cfg.clip) for o, shape in
                   (self.shapes(other).items() if other is not None else ())
-                  if o not in shapes} if cfg.absent_as_radius else {}
+                  if o not in shapes} if cfg.absent_depth is not None else {}
         mapping, previous = self.grid, start
         for z in order:
             mapping = compose(mapping, self.flows.flow(z, previous), self.grid)

@@ -43,7 +43,10 @@ class FlowSettings:
     / ``patch_size``: DIS overrides (None = the preset's); ``finest_scale``: the finest
     pyramid level DIS computes (0 = full size; None = 0 for slices of at most 256 pixels,
     where the preset's coarser level loses small organs, else the preset's); ``threads``:
-    worker threads that compute flows ahead of a pass.
+    worker threads that compute flows ahead of a pass; ``upsample_below``: slices smaller than
+    this (largest side, pixels) are enlarged 2x before the flow is computed (0 = never;
+    measured on the 3 mm example_ct_full112, 122x101 slices: mean DSC 0.757 -> 0.764 at keys
+    every 10, 0.629 -> 0.655 at every 20).
     """
 
     preset: str = "medium"
@@ -54,6 +57,7 @@ class FlowSettings:
     finest_scale: int | None = None
     patch_size: int | None = None
     threads: int = 2
+    upsample_below: int = 200
 
     def __post_init__(self) -> None:
         checks = {
@@ -67,6 +71,7 @@ class FlowSettings:
                              "null or >= 0"),
             "patch_size": (self.patch_size is None or self.patch_size >= 4, "null or >= 4"),
             "threads": (self.threads >= 1, "an integer >= 1"),
+            "upsample_below": (self.upsample_below >= 0, "a number of pixels >= 0"),
         }
         check_fields(self, "flow", checks)
 
@@ -98,6 +103,19 @@ def compose(previous_map: np.ndarray, flow: np.ndarray, grid: np.ndarray) -> np.
                      borderMode=cv2.BORDER_REPLICATE)
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _shared_pool(threads: int) -> ThreadPoolExecutor:
+    """One flow worker pool per thread count for the whole process: sessions come and go (a
+    benchmark makes hundreds), so none owns threads that it would have to shut down."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, f"slicevos-flow{threads}")
+        return _POOLS[threads]
+
+
 class FlowFields:
     """Flows between adjacent slices of one volume, computed ahead of a pass on worker threads
     (at most ``window`` pending at a time) and handed out once: a pass uses each flow once,
@@ -111,12 +129,15 @@ class FlowFields:
         self._queue: list[tuple[int, int]] = []
         self._pending: dict[tuple[int, int], Future] = {}
         self._local = threading.local()
-        self._pool: ThreadPoolExecutor | None = None
         self.computed = 0
 
     def prefetch(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Queue the flows of ``pairs`` (in the order they will be asked for)."""
+        """Queue the flows of ``pairs`` (in the order they will be asked for); flows queued
+        for an earlier pass that were never asked for are dropped."""
         self._queue = [pair for pair in pairs if abs(pair[0] - pair[1]) == 1]
+        wanted = set(self._queue)
+        for pair in [p for p in self._pending if p not in wanted]:
+            self._pending.pop(pair).cancel()
         self._fill()
 
     def flow(self, a: int, b: int) -> np.ndarray:
@@ -131,18 +152,18 @@ class FlowFields:
     def _fill(self) -> None:
         if self.settings.threads < 2:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.settings.threads, "slicevos-flow")
+        pool = _shared_pool(self.settings.threads)
         while self._queue and len(self._pending) < self.window:
             pair = self._queue.pop(0)
             if pair not in self._pending:
-                self._pending[pair] = self._pool.submit(self._compute, *pair)
+                self._pending[pair] = pool.submit(self._compute, *pair)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            self._pending.clear()
+    def _scale(self) -> float:
+        """Size factor of the images the flow is computed on."""
+        largest = max(self.height, self.width)
+        if self.settings.upsample_below and largest < self.settings.upsample_below:
+            return float(min(2, np.ceil(self.settings.upsample_below / largest)))
+        return 1.0 / self.settings.downscale
 
     def _dis(self) -> cv2.DISOpticalFlow:
         """One DIS object per thread (they keep internal buffers)."""
@@ -154,7 +175,7 @@ class FlowFields:
                 dis.setVariationalRefinementIterations(s.variational_iterations)
             if s.finest_scale is not None:
                 dis.setFinestScale(s.finest_scale)
-            elif max(self.height, self.width) // s.downscale <= 256:
+            elif max(self.height, self.width) * self._scale() <= 256:
                 dis.setFinestScale(0)
             if s.patch_size is not None:
                 dis.setPatchSize(s.patch_size)
@@ -162,14 +183,15 @@ class FlowFields:
         return dis
 
     def _compute(self, a: int, b: int) -> np.ndarray:
-        scale = self.settings.downscale
+        scale = self._scale()
         src, dst = self.stack[a], self.stack[b]
-        if scale > 1:
-            size = (max(8, self.width // scale), max(8, self.height // scale))
-            src = cv2.resize(src, size, interpolation=cv2.INTER_AREA)
-            dst = cv2.resize(dst, size, interpolation=cv2.INTER_AREA)
+        if scale != 1:
+            size = (max(8, round(self.width * scale)), max(8, round(self.height * scale)))
+            method = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            src = cv2.resize(src, size, interpolation=method)
+            dst = cv2.resize(dst, size, interpolation=method)
         flow = self._dis().calc(src, dst, None)
-        if scale > 1:
+        if scale != 1:
             factor = np.array([self.width / src.shape[1], self.height / src.shape[0]],
                               np.float32)
             flow = cv2.resize(flow, (self.width, self.height),

@@ -31,8 +31,9 @@ Slices below the lowest key (above the highest) get the backward (forward) pass 
 
 Uncertainty (``session.slice_uncertainty``, (D,) float32, NaN until a slice is done): 0 on
 key slices; between two keys the fraction of foreground pixels on which the two directions'
-labels differ (``slicevos.inference.uncertainty.label_disagreement``), raised by the engine's
-own per-slice doubt where it has one; beyond the outermost keys (one direction) the engine's
+labels differ (:func:`channel_disagreement`; flow's warp residual added to it ranked the
+slices' true errors worse on real CT, Spearman 0.59 vs 0.64 on lidc_chest_abdomen133, so it is
+not); beyond the outermost keys (one direction) the engine's
 :meth:`PassEngine.one_direction_uncertainty`. ``keep_disagreement_map=True`` also keeps the
 pixel map of direction disagreement.
 
@@ -149,11 +150,6 @@ class PassEngine:
         ``channels`` (H, W) is the argmax channel of ``output.scores``."""
         raise NotImplementedError
 
-    def two_direction_doubt(self, fwd: PassOutput, bwd: PassOutput,
-                            foreground: np.ndarray) -> float:
-        """Engine's own doubt in [0, 1] about a slice between two keys (0: none);
-        ``foreground`` (H, W) bool: where either direction predicts an object."""
-        return 0.0
 
 
 class PropagationSession:
@@ -272,9 +268,7 @@ class PropagationSession:
         directions disagree on ``z`` (:attr:`slice_uncertainty`, and the pixel map when
         ``keep_disagreement_map``)."""
         channels_fwd, channels_bwd = score_channels(fwd.scores), score_channels(bwd.scores)
-        disagreement = channel_disagreement(channels_fwd, channels_bwd)
-        doubt = self.engine.two_direction_doubt(fwd, bwd, (channels_fwd > 0) | (channels_bwd > 0))
-        self.slice_uncertainty[z] = 1.0 - (1.0 - disagreement) * (1.0 - doubt)
+        self.slice_uncertainty[z] = channel_disagreement(channels_fwd, channels_bwd)
         if self._disagreement is not None:
             self._disagreement[z] = channels_fwd != channels_bwd
         return score_channels(fuse_directions(fwd.scores, bwd.scores, z, left, right,

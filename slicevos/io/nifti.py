@@ -46,6 +46,51 @@ def _open(path: Path) -> nib.Nifti1Image:
     return img
 
 
+def _raw_voxel_sizes(img: nib.Nifti1Image) -> np.ndarray:
+    """``pixdim[1:4]`` as stored in the file: nibabel's header check silently replaces zeros
+    by 1 on load, which would hide a missing voxel size behind a guessed 1 mm."""
+    with nib.openers.ImageOpener(img.get_filename()) as fobj:
+        raw = type(img.header).from_fileobj(fobj, check=False)
+    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+
+
+def image_affine(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxel -> RAS+ mm affine that nibabel picks (sform if ``sform_code`` > 0, else qform if
+    ``qform_code`` > 0, else ``pixdim`` voxel sizes), checked to be usable.
+
+    An unusable affine is an ``InputError``, never a guess: non-finite values, a zero or
+    singular 3x3 part (e.g. ``srow_*`` all zero with ``sform_code`` 1), or, when the qform or
+    ``pixdim`` is used, a zero voxel size in ``pixdim``. Falling back to ``pixdim`` alone would
+    lose the orientation (left/right) and could swap the left and right organs, so the header
+    has to be repaired instead. Only the transform actually used is checked: a broken qform
+    beside a valid sform is ignored, as by nibabel.
+    """
+    affine = np.asarray(img.affine, dtype=np.float64)
+    header = img.header
+    source = ("sform" if int(header["sform_code"]) > 0
+              else "qform" if int(header["qform_code"]) > 0 else "pixdim")
+    fix = ("repair the header: re-export the scan from its DICOM series, or set the scanner's "
+           "affine with nibabel (img.set_sform(affine, code=1); nib.save(img, path))")
+    rzs = affine[:3, :3]
+    sizes = np.linalg.norm(rzs, axis=0) if np.isfinite(affine).all() else np.zeros(3)
+    singular = (not np.isfinite(affine).all() or sizes.min() <= 0
+                or abs(np.linalg.det(rzs)) <= 1e-6 * float(np.prod(sizes)))
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    where = {"sform": f"the sform (sform_code {scode})",
+             "qform": f"the qform (qform_code {qcode}, sform_code 0)",
+             "pixdim": "the header has no qform or sform (both codes 0) and"}[source]
+    if singular:
+        values = np.array2string(rzs, precision=3, separator=",").replace("\n", "")
+        raise InputError(path, f"unusable affine: {where} has a zero, singular or non-finite "
+                         f"3x3 part {values}", fix)
+    if source != "sform":
+        raw = _raw_voxel_sizes(img)
+        if not (np.isfinite(raw).all() and (raw != 0).all()):
+            raise InputError(path, f"unusable affine: {where} has zero or non-finite pixdim "
+                             f"voxel sizes {raw.tolist()}", fix)
+    return affine
+
+
 def _read_array(img: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
     """Read the voxels (scaling applied) and reduce to 3D, with the errors of the contract."""
     shape = img.shape
@@ -97,7 +142,7 @@ def load_volume_nifti(path: str | PathLike) -> Volume:
     data = _read_array(img, path, np.float32)
     check_finite(data, path)
     warn_if_not_hu(data, path)
-    geometry = Geometry(img.affine.astype(np.float64), tuple(data.shape), img.header.copy())
+    geometry = Geometry(image_affine(img, path), tuple(data.shape), img.header.copy())
     hu = np.ascontiguousarray(geometry.to_canonical(data))
     return Volume(hu=hu, geometry=geometry, path=path)
 
@@ -122,7 +167,7 @@ def load_labels(
     if data.min() < 0 or data.max() > 255:
         raise InputError(path, f"label values range {data.min():g}..{data.max():g}, outside 0..255",
                          "convert the labels to the schema ids with slicevos-convert-labels")
-    geometry = Geometry(img.affine.astype(np.float64), tuple(data.shape), img.header.copy())
+    geometry = Geometry(image_affine(img, path), tuple(data.shape), img.header.copy())
     if reference is not None:
         check_same_grid(reference, geometry, path)
     labels = np.ascontiguousarray(geometry.to_canonical(data.astype(np.uint8)))

@@ -74,15 +74,22 @@ class Decision:
     per_class: dict[int, float] | None = None
 
 
-def volume_cutoff(scores: Sequence[CaseScore], config: FilterConfig) -> float:
-    """The volume score a case needs: ``threshold``, or the top-fraction rank's score."""
+def score_cutoff(values: Sequence[float], config: FilterConfig) -> float:
+    """The volume score a case needs among cases scoring ``values``: ``threshold``, or the
+    top-fraction rank's score (relative to this round's scores, so it carries across rounds
+    whose score levels differ)."""
     if config.threshold is not None:
         return float(config.threshold)
-    if not scores:
+    if not len(values):
         raise InputError(None, "no cases to rank", "check the pseudo-label folder")
-    ranked = sorted((s.score for s in scores), reverse=True)
+    ranked = sorted((float(v) for v in values), reverse=True)
     keep = min(len(ranked), max(1, math.ceil(config.top_fraction * len(ranked) - 1e-9)))
     return ranked[keep - 1]
+
+
+def volume_cutoff(scores: Sequence[CaseScore], config: FilterConfig) -> float:
+    """:func:`score_cutoff` of the cases' volume scores."""
+    return score_cutoff([s.score for s in scores], config)
 
 
 def select_cases(scores: Sequence[CaseScore], config: FilterConfig) -> list[Decision]:

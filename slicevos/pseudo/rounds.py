@@ -13,14 +13,28 @@ Round r runs six steps in order::
 
     OUT/state.json            finished steps and their results (atomic, after every step)
     OUT/rounds.csv            one row per finished round (atomic)
+    OUT/result.json           the round whose model to use (round guard, below)
     OUT/validation_cache/     slice cache of validation.dataset (when given)
     OUT/round_01/cache/  members/seed<s>/last.pt  pseudo/  next_dataset/
 
 A rerun skips the recorded steps; an unfinished step is rerun and is itself resumable (cache
 and generation skip finished cases, training resumes from last.pt, the dataset is written to a
 temporary folder and renamed). Rounds stop after ``rounds`` or when fewer than ``min_new``
-volumes pass. ``rounds`` and ``min_new`` may change between runs, ``filter`` until a filter
-step has run; any other config change is refused. This module imports no model code:
+volumes pass. ``rounds``, ``min_new`` and ``on_regression`` may change between runs, ``filter``
+until a filter step has run; any other config change is refused.
+
+With ``baseline``, round 0 trains the members on the labeled cases only (supervised, same
+iterations) and validates them: the model the rounds must beat (steps cache, train, validate).
+
+Round guard: from round 2 on (round 1 too with a baseline), a round's validation DSC
+(``val_dice``, mean over members) is compared with the last kept round's; a lower value is a
+regression, flagged in ``rounds.csv`` (``val_change``, ``regression``, ``action``).
+``on_regression``: ``rollback`` (default) undoes the round: its model and its additions are
+not used, the run stops and its result stays the last kept round (retraining on that round's
+data would only repeat it); ``stop`` ends the run with the regressing round as its result;
+``keep`` goes on. ``OUT/result.json`` names the result: round, checkpoints, validation DSC and
+the dataset its members were trained on (after a rollback, the additions that fed the
+regressing round are thus left out). This module imports no model code:
 train/generate/validate are passed in.
 
 Test hook: ``SLICEVOS_TEST_EXIT_AFTER_STEP=<round>:<step>`` exits the process (``os._exit(75)``)
@@ -51,11 +65,13 @@ from slicevos.pseudo.folder import score_pseudo_folder
 from slicevos.pseudo.rounds_config import RoundsConfig
 
 STEPS = ("cache", "train", "generate", "filter", "dataset", "validate")
-STATE_FILE, TABLE_FILE = "state.json", "rounds.csv"
+BASELINE_STEPS = ("cache", "train", "validate")  # round 0: labeled cases only
 TEST_EXIT_AFTER_STEP_ENV = "SLICEVOS_TEST_EXIT_AFTER_STEP"
+STATE_FILE, TABLE_FILE, RESULT_FILE = "state.json", "rounds.csv", "result.json"
 TABLE_COLUMNS = ("round", "checkpoints", "labeled", "candidates", "accepted", "partial",
-                 "mean_consensus", "val_dice", "val_dice_fused")
-_RESUMABLE_CHANGES = ("rounds", "min_new")
+                 "mean_consensus", "val_dice", "val_dice_fused", "val_change", "regression",
+                 "action")
+_RESUMABLE_CHANGES = ("rounds", "min_new", "on_regression")
 
 
 @dataclass(frozen=True)
@@ -134,16 +150,22 @@ class PseudoSteps:
         return {"path": str(ctx.next_dataset)}
 
 
-def _row(ctx: RoundContext, out_dir: Path) -> dict[str, Any]:
-    r = ctx.results
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+def _fmt(value: float | None, signed: bool = False) -> str:
+    return "" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _row(ctx: RoundContext, out_dir: Path, guard: dict[str, Any]) -> dict[str, Any]:
+    r, fmt = ctx.results, _fmt
     return {"round": ctx.round,
             "checkpoints": ";".join(Path(os.path.relpath(p, out_dir)).as_posix()
                                     for p in r["train"]["checkpoints"]),
-            "labeled": r["cache"]["labeled"], "candidates": r["generate"]["candidates"],
-            "accepted": r["filter"]["accepted"], "partial": r["filter"]["partial"],
-            "mean_consensus": fmt(r["filter"]["mean_consensus"]),
-            "val_dice": fmt(r["validate"]["dice"]), "val_dice_fused": fmt(r["validate"].get("dice_fused"))}
+            "labeled": r["cache"]["labeled"],
+            "candidates": r.get("generate", {}).get("candidates", ""),
+            "accepted": r.get("filter", {}).get("accepted", ""),
+            "partial": r.get("filter", {}).get("partial", ""),
+            "mean_consensus": fmt(r.get("filter", {}).get("mean_consensus")),
+            "val_dice": fmt(r["validate"]["dice"]),
+            "val_dice_fused": fmt(r["validate"].get("dice_fused")), **guard}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -188,7 +210,7 @@ class RoundRunner:
         atomic_write_bytes(self.state_path, json.dumps(self.state, indent=1).encode())
 
     def _context(self, r: int) -> RoundContext:
-        dataset = (Path(self.config.base_dataset) if r == 1
+        dataset = (Path(self.config.base_dataset) if r <= 1
                    else self.out / f"round_{r - 1:02d}" / "next_dataset")
         results = self.state["rounds"].setdefault(str(r), {})
         return RoundContext(r, self.out / f"round_{r:02d}", dataset, results)
@@ -200,20 +222,49 @@ class RoundRunner:
         writer.writerows(rows)
         atomic_write_bytes(self.out / TABLE_FILE, buf.getvalue().encode())
 
+    def _write_result(self, ctx: RoundContext | None) -> None:
+        """``result.json``: the round whose model the run recommends (None: no round kept)."""
+        result: dict[str, Any] = {"round": None, "checkpoints": [], "trained_on": None}
+        if ctx is not None:
+            result = {"round": ctx.round, "checkpoints": ctx.results["train"]["checkpoints"],
+                      "val_dice": ctx.results["validate"]["dice"], "trained_on": str(ctx.dataset)}
+        atomic_write_bytes(self.out / RESULT_FILE, json.dumps(result, indent=1).encode())
+
+    def _guard(self, ctx: RoundContext, kept: RoundContext | None) -> dict[str, Any]:
+        """Round-guard columns of ``ctx`` against the last kept round ``kept``."""
+        if kept is None:
+            return {"val_change": "", "regression": "", "action": ""}
+        change = ctx.results["validate"]["dice"] - kept.results["validate"]["dice"]
+        regression = change < 0
+        return {"val_change": _fmt(change, signed=True), "regression": "yes" if regression else "no",
+                "action": self.config.on_regression if regression else ""}
+
     def run(self) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
         rows: list[dict[str, Any]] = []
         exit_after = os.environ.get(TEST_EXIT_AFTER_STEP_ENV)
-        for r in range(1, self.config.rounds + 1):
+        kept: RoundContext | None = None  # the round whose model the run stands on
+        for r in range(0 if self.config.baseline else 1, self.config.rounds + 1):
             ctx = self._context(r)
-            for step in STEPS:
+            for step in BASELINE_STEPS if r == 0 else STEPS:
                 if step not in ctx.results:
                     ctx.results[step] = self.steps[step](ctx)
                     self._save()
                     if exit_after == f"{r}:{step}":
                         os._exit(75)
-            rows.append(_row(ctx, self.out))
+            guard = self._guard(ctx, kept)
+            rows.append(_row(ctx, self.out, guard))
             self._write_table(rows)
+            if guard["action"] == "rollback":
+                self.stop_reason = (f"round {r}: validation DSC {guard['val_change']} against "
+                                    f"round {kept.round}; rolled back to round {kept.round}")
+                break
+            kept = ctx
+            if r == 0:
+                continue
+            if guard["action"] == "stop":
+                self.stop_reason = f"round {r}: validation DSC {guard['val_change']}; stopped"
+                break
             accepted = ctx.results["filter"]["accepted"]
             if accepted < self.config.min_new:
                 self.stop_reason = f"round {r}: {accepted} accepted < min_new {self.config.min_new}"
@@ -221,4 +272,5 @@ class RoundRunner:
             if ctx.results["generate"]["candidates"] == accepted:
                 self.stop_reason = f"round {r}: no unlabeled case left"
                 break
+        self._write_result(kept)
         return rows

@@ -11,15 +11,26 @@ from slicevos.config import check_fields, load_config
 from slicevos.errors import InputError
 from slicevos.pseudo.filtering import FilterConfig
 
+ON_REGRESSION = ("rollback", "stop", "keep")
+
 
 @dataclass(frozen=True)
 class MemberSettings:
-    """One member checkpoint per seed (train.seed and data.seed), each also run with the TTA
-    flips as extra members."""
+    """One checkpoint per seed (train.seed and data.seed); per checkpoint one member per entry
+    of ``networks`` ("pair": the CPS pair's mean, "a" / "b": its TransUNet / DeepLabV3+ alone),
+    each also run with the TTA flips as extra members (useful only for networks trained with
+    mirroring). Default: both networks of each checkpoint, no flips (README, "Pseudo-label
+    rounds": on the quality-spread benchmark it ranks as well as the other reference-only
+    sets and is the paper's "different models")."""
 
     seeds: tuple[int, ...] = (0, 1)
-    tta: tuple[str, ...] = ("flip_lr",)
+    tta: tuple[str, ...] = ()
     batch_size: int = 8
+    networks: tuple[str, ...] = ("a", "b")
+
+    @property
+    def count(self) -> int:
+        return len(self.seeds) * len(self.networks) * (1 + len(self.tta))
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,10 @@ class ValidationSettings:
 class RoundsConfig:
     """``configs/rounds/*.yaml``. ``reference_config`` is relative to the YAML's folder (made
     absolute on load); the other paths are relative to the working directory.
-    ``train_overrides``: ``KEY=VALUE`` assignments applied to the reference config."""
+    ``train_overrides``: ``KEY=VALUE`` assignments applied to the reference config.
+    ``on_regression``: what a round whose validation DSC is below the previous kept round's
+    does (``slicevos.pseudo.rounds``): ``rollback`` (default), ``stop`` or ``keep``.
+    ``baseline``: run round 0, the members trained on the labeled cases only."""
 
     base_dataset: str
     reference_config: str
@@ -49,16 +63,24 @@ class RoundsConfig:
     schema: str = "flare22"
     prepare_workers: int | None = None
     device: str = "auto"
+    on_regression: str = "rollback"
+    baseline: bool = False
 
     def __post_init__(self) -> None:
         seeds = self.members.seeds
         check_fields(self, "rounds", {
             "rounds": (self.rounds >= 1, "an integer >= 1"),
             "min_new": (self.min_new >= 0, "an integer >= 0"),
+            "on_regression": (self.on_regression in ON_REGRESSION, f"one of {list(ON_REGRESSION)}"),
         })
-        if not seeds or len(set(seeds)) != len(seeds) or len(seeds) * (1 + len(self.members.tta)) < 2:
-            raise InputError(None, f"members.seeds {list(seeds)} with tta {list(self.members.tta)} "
-                             "give fewer than 2 distinct members", "list 2+ distinct seeds, or add a TTA flip")
+        networks = self.members.networks
+        if not set(networks) <= {"pair", "a", "b"} or len(set(networks)) != len(networks):
+            raise InputError(None, f"members.networks {list(networks)} is invalid",
+                             "list distinct entries of pair, a, b")
+        if not seeds or len(set(seeds)) != len(seeds) or self.members.count < 2:
+            raise InputError(None, f"members.seeds {list(seeds)} with networks {list(networks)} "
+                             f"and tta {list(self.members.tta)} give fewer than 2 distinct members",
+                             "list 2+ distinct seeds, networks [a, b], or add a TTA flip")
         if bool(self.validation.cases) == (self.validation.dataset is not None):
             raise InputError(None, "give exactly one of validation.cases and validation.dataset",
                              "hold out labeled base cases, or name a labeled validation folder")

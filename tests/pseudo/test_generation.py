@@ -21,6 +21,8 @@ from slicevos.inference.segmenter import ReferenceSegmenter
 from slicevos.io.labels import FLARE22
 from slicevos.io.loader import load_volume
 from slicevos.io.volume import Volume
+from slicevos.preprocessing.position import relative_position
+from slicevos.preprocessing.windowing import window_volume
 from slicevos.pseudo.folder import load_members, read_case_record
 from slicevos.pseudo.generation import PseudoCase, cases_from_inputs, shard
 
@@ -180,11 +182,16 @@ def test_benchmark_scores_consensus_against_phantom_truth(setup, tmp_path, capsy
     out = tmp_path / "p"
     assert generate_main(_args(dataset, checkpoints, out, "--tta", "flip_lr")) == 0
     table = tmp_path / "bench.csv"
-    assert benchmark_main([str(out), "--phantoms", str(dataset), "--members", "ckpt0", "ckpt1",
+    assert benchmark_main([str(out), "--phantoms", str(dataset), "--member-set",
+                           "plain=ckpt0,ckpt1", "--member-set", "flips=ckpt0+flip_lr,ckpt1+flip_lr",
                            "--csv", str(table)]) == 0
-    assert "Spearman" in capsys.readouterr().out
-    rows = {r.split(",")[0]: r.split(",")[1:] for r in table.read_text().splitlines()[1:]}
-    assert sorted(rows) == UNLABELED
+    printed = capsys.readouterr().out
+    assert "member set plain" in printed and "member set flips" in printed
+    assert "Kendall" in printed and "top 0.5 *" in printed  # the default rule is marked
+    lines = [r.split(",") for r in table.read_text().splitlines()]
+    assert lines[0] == ["member_set", "case_id", "condition", "consensus", "true_dice"]
+    rows = {r[1]: r[3:] for r in lines[1:] if r[0] == "plain"}
+    assert sorted(rows) == UNLABELED and len(lines) == 1 + 2 * len(UNLABELED)
     info = json.loads((dataset / "dataset.json").read_text())
     seed = next(c["seed"] for c in info["unlabeled"] if c["case"] == "phantom_u0001")
     members = load_members(read_case_record(out / "phantom_u0001"))[[0, 2]]  # ckpt0, ckpt1
@@ -196,3 +203,46 @@ def test_benchmark_scores_consensus_against_phantom_truth(setup, tmp_path, capsy
     assert true_dice == pytest.approx(np.mean(list(dice_per_class(truth, fused, classes).values())),
                                       abs=1e-6)
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4])[0] == pytest.approx(0.8)
+    assert benchmark_main([str(out), "--phantoms", str(dataset), "--member-set", "x=ckpt0"]) == 2
+
+
+def test_members_of_one_network_of_the_pair(setup):
+    from slicevos.inference.ensemble import reference_members
+
+    _, checkpoints = setup
+    members = reference_members(checkpoints[:1], ["flip_lr"], networks=["a", "b"])
+    assert [m.name for m in members] == ["ckpt0.a", "ckpt0.a+flip_lr", "ckpt0.b", "ckpt0.b+flip_lr"]
+    assert members[0].identity()["network"] == "a" and "network" not in reference_members(
+        checkpoints[:1])[0].identity()  # pair members keep their old identity (reruns reuse)
+    volume = load_volume(sorted((setup[0] / "unlabeled").iterdir())[0])
+    assert members[0].segmenter.model.net is members[1].segmenter.model.net  # shared weights
+    with single_thread():
+        labels = predict_members(volume, [members[0], members[2]])
+        pair = ReferenceSegmenter.from_checkpoint(checkpoints[0]).model
+        images = window_volume(volume.hu, members[0].segmenter.info.windows)
+        positions = relative_position(np.arange(volume.num_slices), volume.num_slices)
+        alone = [ReferenceSegmenter(net).segment(images, positions)
+                 for net in (pair.net_a, pair.net_b)]
+    assert labels.shape == (2, *volume.shape)
+    assert np.array_equal(labels[0], alone[0]) and np.array_equal(labels[1], alone[1])
+
+
+def test_pipeline_members_fill_the_same_keys_with_each_engine():
+    from slicevos.data.phantom import PhantomConfig, make_phantom
+    from slicevos.inference.ensemble import pipeline_members
+
+    demo = ROOT / "checkpoints"
+    members = pipeline_members([demo / "demo_reference.pt"], ["stcn", "flow"],
+                               demo / "demo_propagation.pt")
+    assert [m.name for m in members] == ["ckpt0.stcn", "ckpt0.flow"]
+    stcn, flow = (m.identity() for m in members)
+    assert stcn["engine"] == "stcn" and stcn["propagation_fingerprint"]["size"] > 0
+    assert flow["engine"] == "flow" and "propagation" not in flow
+    volume = make_phantom(3, PhantomConfig(shape=(16, 128, 128))).to_volume()  # demo grid
+    with single_thread():
+        labels = predict_members(volume, members)
+        results = [m.pipeline.run(volume) for m in members]
+    assert labels.shape == (2, *volume.shape) and labels.any()
+    assert results[0].key_slices == results[1].key_slices  # the same reference keys
+    assert np.array_equal(labels[0], results[0].labels)
+    assert np.array_equal(labels[1], results[1].labels)

@@ -69,10 +69,12 @@ def test_one_round_cycle_end_to_end(finished, dataset):
         assert payload["step"] == ITERATIONS
         assert payload["config"]["data"]["val_cases"] == ["phantom_0000"]
     assert row["checkpoints"] == "round_01/members/seed0/last.pt;round_01/members/seed1/last.pt"
-    # generation: the three unlabeled cases, 2 checkpoints x (plain + flip_lr)
+    # generation: the three unlabeled cases, 2 checkpoints x (TransUNet, DeepLabV3+)
     pseudo = complete_case_dirs(finished / "round_01" / "pseudo")
     assert [p.name for p in pseudo] == ["phantom_u0000", "phantom_u0001", "phantom_u0002"]
     assert all(load_members(read_case_record(p)).shape[0] == 4 for p in pseudo)
+    assert json.loads((pseudo[0] / "case.json").read_text())["members"] == [
+        "ckpt0.a", "ckpt0.b", "ckpt1.a", "ckpt1.b"]
     # the next dataset: base labeled + accepted as labeled, the rest unlabeled
     cases = discover_cases(finished / "round_01" / "next_dataset", FLARE22)
     labeled = sorted(c.case_id for c in cases if c.split == "labeled")
@@ -106,13 +108,14 @@ def test_changed_config_is_refused(finished, dataset, capsys):
     assert "filter" in capsys.readouterr().err
 
 
-def _fake_config(out: Path, rounds: int, min_new: int) -> RoundsConfig:
+def _fake_config(out: Path, rounds: int, min_new: int, **changes) -> RoundsConfig:
     return RoundsConfig(base_dataset="base", reference_config="ref.yaml", out_dir=str(out),
                         filter=FilterConfig(threshold=0.5), rounds=rounds, min_new=min_new,
-                        validation=ValidationSettings(cases=("a",)))
+                        validation=ValidationSettings(cases=("a",)), **changes)
 
 
-def _fake_steps(accepted: list[int], calls: list[str]) -> dict:
+def _fake_steps(accepted: list[int], calls: list[str], dice: list[float] | None = None) -> dict:
+    """Steps that return fixed results; ``dice[r]``: validation DSC of round r (0 = baseline)."""
     def step(name):
         def run(ctx):
             calls.append(f"{ctx.round}:{name}")
@@ -120,9 +123,43 @@ def _fake_steps(accepted: list[int], calls: list[str]) -> dict:
                     "generate": {"candidates": 10},
                     "filter": {"accepted": accepted[ctx.round - 1], "partial": 0,
                                "mean_consensus": 0.5},
-                    "dataset": {}, "validate": {"dice": 0.7}}[name]
+                    "dataset": {}, "validate": {"dice": dice[ctx.round] if dice else 0.7}}[name]
         return run
     return {name: step(name) for name in STEPS}
+
+
+@pytest.mark.parametrize("action, rows, result_round", [
+    ("rollback", 3, 1), ("stop", 3, 2), ("keep", 4, 3)])
+def test_round_guard_flags_a_regression_and_protects_the_model(tmp_path, action, rows,
+                                                              result_round):
+    calls: list[str] = []
+    # baseline 0.50, round 1 0.60, round 2 0.55 (a regression), round 3 0.65
+    runner = RoundRunner(_fake_config(tmp_path, 3, 1, baseline=True, on_regression=action),
+                         _fake_steps([5, 5, 5], calls, dice=[0.50, 0.60, 0.55, 0.65]))
+    table = runner.run()
+    assert [r["round"] for r in table] == list(range(rows))
+    assert calls[:3] == ["0:cache", "0:train", "0:validate"]  # the labeled-only round 0
+    assert table[0]["accepted"] == "" and table[0]["regression"] == ""
+    assert (table[1]["val_change"], table[1]["regression"]) == ("+0.1000", "no")
+    assert (table[2]["val_change"], table[2]["regression"], table[2]["action"]) == (
+        "-0.0500", "yes", action)
+    on_disk = _table(tmp_path)
+    assert [r["action"] for r in on_disk] == [r["action"] for r in table]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["round"] == result_round
+    assert result["checkpoints"] == [str(tmp_path / f"round_{result_round:02d}" / "members" / "seed0")]
+    if action == "rollback":  # the result is round 1, trained without round 1's additions
+        assert result["trained_on"] == "base" and "rolled back to round 1" in runner.stop_reason
+    if action == "keep":  # round 3 is compared with round 2, the last kept round
+        assert table[3]["val_change"] == "+0.1000"
+
+
+def test_round_guard_compares_round_one_with_the_baseline(tmp_path):
+    runner = RoundRunner(_fake_config(tmp_path, 2, 1, baseline=True),
+                         _fake_steps([5, 5], [], dice=[0.6, 0.5, 0.9]))
+    table = runner.run()
+    assert len(table) == 2 and table[1]["action"] == "rollback"  # the default protects
+    assert json.loads((tmp_path / "result.json").read_text())["round"] == 0
 
 
 def test_rounds_stop_when_too_few_pass_and_more_rounds_continue(tmp_path):
@@ -141,10 +178,13 @@ def test_rounds_stop_when_too_few_pass_and_more_rounds_continue(tmp_path):
 def test_config_checks():
     with pytest.raises(InputError, match="fewer than 2"):
         RoundsConfig(base_dataset="b", reference_config="r", filter=FilterConfig(threshold=0.5),
-                     members=MemberSettings(seeds=(0,), tta=()),
+                     members=MemberSettings(seeds=(0,), tta=(), networks=("pair",)),
                      validation=ValidationSettings(cases=("a",)))
     with pytest.raises(InputError, match="exactly one"):
         RoundsConfig(base_dataset="b", reference_config="r", filter=FilterConfig(threshold=0.5))
+    with pytest.raises(InputError, match="on_regression"):
+        _fake_config(Path("x"), 1, 1, on_regression="ignore")
+    assert MemberSettings(seeds=(0,), tta=(), networks=("a", "b")).count == 2
 
 
 def test_filter_may_change_until_a_filter_step_ran(tmp_path):

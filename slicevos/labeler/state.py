@@ -1,0 +1,318 @@
+"""The labelling session behind the page: one scan, its propagation session, drawing with undo,
+propagation in a background thread, autosave and save.
+
+Concurrency: every change of the propagation session (an edit, a propagation step, save)
+holds :attr:`Labeler.lock`. The propagation thread takes it one finished slice at a time, so
+an edit waits at most for one step; an edit during propagation stops the run, applies, and
+starts it again. Reads (slice PNGs, status) take no lock: they copy one slice or small
+per-slice arrays, and a slice caught mid-update is simply fetched again at its next revision.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slicevos.errors import InputError
+from slicevos.inference.preview import organ_colours
+from slicevos.inference.report import uncertainty_list, uncertainty_ranking
+from slicevos.inference.session import PropagationSession
+from slicevos.io.labels import LabelSchema
+from slicevos.io.nifti import save_labels
+from slicevos.io.volume import Geometry
+from slicevos.labeler import edits
+from slicevos.labeler.render import DISPLAY_WINDOWS, VIEWS
+from slicevos.labeler.sidecar import Sidecar
+
+UNDO_DEPTH = 200
+
+
+@dataclass
+class Edit:
+    """What undo restores: slice ``z``'s key mask before the edit (None: it was no key) and
+    its labels then."""
+
+    z: int
+    key_before: np.ndarray | None
+    labels_before: np.ndarray
+
+
+def hu_int16(hu: np.ndarray) -> np.ndarray:
+    """HU as int16 (half the memory of float32; CT values are whole HU)."""
+    return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+
+
+class Labeler:
+    """One scan being labelled. ``image``: the propagator's windowed uint8 (D, C, H, W);
+    ``hu``: the canonical HU volume (int16 is enough) for display; ``start_keys``: the key
+    slices of ``--labels``; ``keys``: the ones to begin with (autosaved ones when resuming)."""
+
+    def __init__(self, hu: np.ndarray, geometry: Geometry, image: np.ndarray, propagator: Any,
+                 schema: LabelSchema, output: Path, sidecar: Sidecar,
+                 start_keys: Mapping[int, np.ndarray], keys: Mapping[int, np.ndarray],
+                 resumed: bool, scan_name: str) -> None:
+        self.hu, self.geometry, self.image = hu, geometry, image
+        self.propagator, self.schema = propagator, schema
+        self.output, self.sidecar = Path(output), sidecar
+        self.start_keys = dict(start_keys)
+        self.scan_name = scan_name
+        self.resumed = len(keys) if resumed else 0
+        self.depth = int(hu.shape[0])
+        self.lock = threading.RLock()
+        self.revisions = np.zeros(self.depth, np.int64)
+        self.undo_stack: list[Edit] = []
+        self.progress: dict[str, Any] = {"done": 0, "total": 0, "seconds": None}
+        self.error: str | None = None
+        self.last_save: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self.session = self._new_session(keys)
+        for z, labels in keys.items():
+            if not resumed:
+                self.sidecar.write_key(z, labels)
+        self.sidecar.write_state(output=str(self.output))
+
+    # -- session -------------------------------------------------------------------------
+
+    def _new_session(self, keys: Mapping[int, np.ndarray]) -> PropagationSession:
+        session = self.propagator.start(self.image)
+        for z in sorted(keys):
+            session.add_mask(int(z), keys[z])
+        self.keys = tuple(session.key_slices)
+        return session
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> bool:
+        """Stop a running propagation (after its current step); True if one was running."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return False
+        self._cancel.set()
+        thread.join()
+        return True
+
+    @contextmanager
+    def _editing(self) -> Iterator[None]:
+        """Hold the lock for a change; a propagation that was running restarts after it."""
+        was_running = self.stop()
+        try:
+            with self.lock:
+                yield
+        finally:
+            if was_running and self.session.key_masks:
+                self.start_propagation()
+
+    def start_propagation(self) -> dict[str, Any]:
+        """Propagate every out-of-date slice in a background thread (no-op if running)."""
+        with self.lock:
+            if self.running:
+                return self.status()
+            if not self.session.key_masks:
+                raise InputError(None, "no key slice to propagate from",
+                                 "draw an organ on at least one axial slice first")
+            todo = int((~self.session.up_to_date).sum())
+            self.progress = {"done": 0, "total": todo, "seconds": None}
+            self.error = None
+            self._cancel.clear()
+            self._thread = threading.Thread(target=self._propagate, name="slicevos-propagate",
+                                            daemon=True)
+            self._thread.start()
+        return self.status()
+
+    def _propagate(self) -> None:
+        started = time.perf_counter()
+        steps = self.session.propagate()
+        try:
+            while not self._cancel.is_set():
+                with self.lock:
+                    step = next(steps, None)
+                    if step is None:
+                        break
+                    self.revisions[step[0]] += 1
+                    self.progress["done"] += 1
+        except Exception as err:  # shown on the page; the server goes on
+            self.error = (str(err) if isinstance(err, InputError)
+                          else f"propagation failed: {type(err).__name__}: {err}")
+        finally:
+            with self.lock:
+                steps.close()
+            if not self._cancel.is_set():
+                self.progress["seconds"] = round(time.perf_counter() - started, 3)
+
+    # -- edits ---------------------------------------------------------------------------
+
+    def stroke(self, body: Any) -> dict[str, Any]:
+        """Apply a brush or eraser stroke (see ``slicevos.labeler.edits``)."""
+        body = edits.check_fields(body, ("z", "label", "tool", "radius", "points"))
+        z = edits.check_int(body["z"], "z", 0, self.depth - 1)
+        label = self._check_label(body["label"])
+        if body["tool"] not in edits.TOOLS:
+            raise InputError(None, f"unknown tool {body['tool']!r:.30}",
+                             f"use one of {', '.join(edits.TOOLS)}")
+        radius = edits.check_int(body["radius"], "radius", 0, edits.MAX_RADIUS)
+        height, width = self.hu.shape[1:]
+        points = edits.check_points(body["points"], width, height, radius)
+        return self._apply(z, lambda labels: edits.paint_stroke(
+            labels, points, radius, label, body["tool"] == "eraser"))
+
+    def fill(self, body: Any) -> dict[str, Any]:
+        """Flood-fill the clicked region of an axial slice with an organ."""
+        body = edits.check_fields(body, ("z", "label", "x", "y"))
+        z = edits.check_int(body["z"], "z", 0, self.depth - 1)
+        label = self._check_label(body["label"])
+        height, width = self.hu.shape[1:]
+        x = edits.check_int(body["x"], "x", 0, width - 1)
+        y = edits.check_int(body["y"], "y", 0, height - 1)
+        return self._apply(z, lambda labels: edits.flood_fill(labels, x, y, label))
+
+    def _check_label(self, value: Any) -> int:
+        label = edits.check_int(value, "label", 1, 255)
+        if label not in self.schema.ids:
+            raise InputError(None, f"label {label} is not in schema {self.schema.name}",
+                             "pick an organ from the list")
+        return label
+
+    def _apply(self, z: int, change) -> dict[str, Any]:
+        with self._editing():
+            before = self.session.labels[z].copy()
+            key_before = self.session.key_masks.get(z)
+            after = change(before)
+            if key_before is None or not np.array_equal(after, key_before):
+                self._set_key(z, after)
+                self.undo_stack = [*self.undo_stack[-UNDO_DEPTH + 1:],
+                                   Edit(z, None if key_before is None else key_before.copy(),
+                                        before)]
+        return self.status()
+
+    def _set_key(self, z: int, labels: np.ndarray) -> None:
+        self.sidecar.write_key(z, labels)  # on disk before the request returns
+        self.session.add_mask(z, labels)
+        self.keys = tuple(self.session.key_slices)
+        self.revisions[z] += 1
+
+    def undo(self) -> dict[str, Any]:
+        """Undo the last edit: restore the slice's key mask, or drop a key it created."""
+        with self._editing():
+            if not self.undo_stack:
+                raise InputError(None, "nothing to undo", "draw something first")
+            edit = self.undo_stack.pop()
+            if edit.key_before is not None:
+                self._set_key(edit.z, edit.key_before)
+            else:
+                self.sidecar.remove_key(edit.z)
+                self._drop_key(edit.z, edit.labels_before)
+        return self.status()
+
+    def _drop_key(self, z: int, labels_z: np.ndarray) -> None:
+        """A new session without key ``z``; labels and up-to-date slices carry over except the
+        segment that ``z`` split, which becomes out of date."""
+        old = self.session
+        keys = {k: m for k, m in old.key_masks.items() if k != z}
+        self.session = self._new_session(keys)
+        below = [k for k in keys if k < z]
+        above = [k for k in keys if k > z]
+        low, high = (max(below) + 1 if below else 0), (min(above) if above else self.depth)
+        self.session.labels[:] = old.labels
+        self.session.labels[z] = labels_z
+        self.session.up_to_date[:] = old.up_to_date
+        self.session.up_to_date[low:high] = False
+        self.session.slice_uncertainty[:] = old.slice_uncertainty
+        self.session.slice_uncertainty[low:high] = np.nan
+        self.revisions[z] += 1
+
+    def discard(self) -> dict[str, Any]:
+        """Forget the autosaved keys and every drawing: back to the ``--labels`` keys."""
+        with self._editing():
+            self.sidecar.discard()
+            for z, labels in self.start_keys.items():
+                self.sidecar.write_key(z, labels)
+            self.session = self._new_session(self.start_keys)
+            self.undo_stack = []
+            self.resumed = 0
+            self.revisions += 1
+        return self.status()
+
+    # -- save ----------------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """Write the labels in the scan's own geometry with the JSON label map (atomic)."""
+        with self.lock:
+            started = time.perf_counter()
+            pending = int((~self.session.up_to_date).sum())
+            path = save_labels(self.session.labels, self.geometry, self.output, self.schema)
+            seconds = round(time.perf_counter() - started, 3)
+            self.last_save = {"path": str(Path(path).resolve()), "seconds": seconds,
+                              "pending_slices": pending, "at": time.strftime("%H:%M:%S")}
+            self.sidecar.write_state(output=str(self.output), last_save=self.last_save)
+        return self.last_save
+
+    def close(self) -> None:
+        """Stop propagating and write the final session state (the keys are on disk)."""
+        self.stop()
+        with self.lock:
+            self.sidecar.write_state(output=str(self.output),
+                                     closed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    # -- what the page reads -------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        colours = organ_colours(self.schema)
+        depth, height, width = self.hu.shape
+        return {
+            "scan": self.scan_name, "output": str(self.output.resolve()),
+            "sidecar": str(self.sidecar.folder.resolve()),
+            "shape": [depth, height, width], "spacing": list(self.geometry.spacing),
+            "schema": self.schema.name, "engine": self.propagator.name,
+            "organs": [{"id": c.id, "name": c.name, "colour": list(colours[c.id])}
+                       for c in self.schema.classes],
+            "views": list(VIEWS), "windows": list(DISPLAY_WINDOWS), "resumed": self.resumed,
+        }
+
+    def status(self) -> dict[str, Any]:
+        session = self.session
+        uncertainty = session.slice_uncertainty.copy()
+        keys = self.keys
+        check = [z for z in uncertainty_ranking(np.where(np.isin(
+            np.arange(self.depth), keys), np.nan, uncertainty), k=8) if uncertainty[z] > 0]
+        return {
+            "keys": list(keys), "running": self.running, "progress": dict(self.progress),
+            "up_to_date": "".join("1" if v else "0" for v in session.up_to_date.tolist()),
+            "uncertainty": uncertainty_list(uncertainty), "check_next": check,
+            "revisions": self.revisions.tolist(), "error": self.error,
+            "last_save": self.last_save, "undo": len(self.undo_stack), "resumed": self.resumed,
+        }
+
+
+def open_labeler(scan: str | PathLike, output: str | PathLike, schema: LabelSchema,
+                 engine: str = "flow", checkpoint: str | PathLike | None = None,
+                 start_labels: str | PathLike | None = None) -> Labeler:
+    """Read the scan (NIfTI or DICOM folder), the ``--labels`` keys and the checkpoint, and
+    resume the autosaved session beside ``output`` if there is one. Raises InputError with
+    the project's one-line messages for anything broken."""
+    from slicevos.inference.engines import build_propagator
+    from slicevos.inference.user_keys import read_key_slices
+    from slicevos.io.loader import load_volume
+    from slicevos.labeler.sidecar import sidecar_folder
+    from slicevos.preprocessing.windowing import window_volume
+
+    scan, output = Path(scan), Path(output)
+    propagator = build_propagator(engine, checkpoint)
+    volume = load_volume(scan)
+    start_keys = (read_key_slices(start_labels, volume, schema) if start_labels else {})
+    image = window_volume(volume.hu, propagator.windows)
+    hu = hu_int16(volume.hu)
+    sidecar = Sidecar(sidecar_folder(output), scan.resolve(), volume.geometry, schema.name)
+    saved = sidecar.load()
+    return Labeler(hu, volume.geometry, image, propagator, schema, output, sidecar, start_keys,
+                   saved or start_keys, bool(saved), scan.name)
