@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one BLAS/OpenMP thread per xdist worker: several workers each using every core
-    # oversubscribe the CPU and make torch tests tens of times slower (torch itself is pinned
-    # below in every run; the variable is inherited by the subprocesses that tests start)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# one BLAS/OpenMP thread in every run (an xdist worker, or -n 0 alike): the subprocesses that
+# tests start (a killed-and-resumed training run, torchrun) inherit it, so what they train
+# matches what the pinned in-process torch trains (a run with 2 threads rounds differently:
+# tests/pseudo/test_rounds.py compared a 2-thread subprocess with a 1-thread run under -n 0);
+# it also keeps several xdist workers from oversubscribing the CPU
+os.environ["OMP_NUM_THREADS"] = "1"
 import torch  # noqa: E402 (after OMP_NUM_THREADS)
 
 from slicevos.training.seeding import seed_everything  # noqa: E402
