@@ -126,9 +126,9 @@ def part_memory(config: str, size: int, depth: int) -> None:
           f"image {image.nbytes / 2**20:.0f} MB, labels {labels.nbytes / 2**20:.0f} MB")
 
 
-def _flow_propagate(config: FlowConfig) -> Any:
+def _propagate_with(propagator: Any) -> Any:
+    """fn(keys, depth, hu) -> labels through a session of ``propagator`` (any engine)."""
     def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray) -> np.ndarray:
-        propagator = FlowPropagator(config)
         session = propagator.start(window_volume(hu, propagator.windows))
         for z, labels in keys.items():
             session.add_mask(z, labels)
@@ -156,22 +156,14 @@ def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("defaul
         print("note: itk is not installed; contour interpolation skipped (pip install "
               '"slicevos[interp]")')
     for variant in flow_variants:
-        methods["flow" if variant == "default" else f"flow {variant}"] = _flow_propagate(
-            _flow_config(variant))
+        methods["flow" if variant == "default" else f"flow {variant}"] = _propagate_with(
+            FlowPropagator(_flow_config(variant)))
     for checkpoint in checkpoints:
         tag = "" if len(checkpoints) == 1 else f" {Path(checkpoint).parent.name}"
         engines = [("stcn", None)] + [("fused", w) for w in stcn_weights]
         for engine, weight in engines:
             fusion = FusionWeights(stcn_weight=weight) if weight is not None else None
-            propagator = build_propagator(engine, checkpoint, fusion=fusion)
-
-            def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray,
-                          propagator: Any = propagator) -> np.ndarray:
-                session = propagator.start(window_volume(hu, propagator.windows))
-                for z, labels in keys.items():
-                    session.add_mask(z, labels)
-                return session.run()
-
+            propagate = _propagate_with(build_propagator(engine, checkpoint, fusion=fusion))
             suffix = "" if weight is None or len(stcn_weights) == 1 else f" w{weight:g}"
             methods[f"{engine}{tag}{suffix}"] = propagate
     return methods

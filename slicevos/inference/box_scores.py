@@ -64,7 +64,6 @@ class BoxScores:
             raise ValueError(f"cannot blend scores {self.shape}x{self.channels} with "
                              f"{other.shape}x{other.channels}")
         dense_weight = isinstance(weight, np.ndarray)
-        fill = self.fill.copy()
         boxes: dict[int, tuple[Box, np.ndarray]] = {}
         for c in set(self.boxes) | set(other.boxes):
             box = _union(*(scores.boxes[c][0] for scores in (self, other) if c in scores.boxes))

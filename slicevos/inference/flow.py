@@ -148,10 +148,12 @@ class FlowPasses(PassEngine):
         self.grid = identity_map(session.height, session.width)
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[int, np.ndarray] | None = None
+        self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
         self._shapes.pop(z, None)
-        self._llr = None
+        self._llr = None  # every key feeds every object's model: all supports change too
+        self._key_supports.clear()
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -240,10 +242,15 @@ class FlowPasses(PassEngine):
         return float((predicted & (llr > 0)).sum()) / total
 
     def _key_support(self, z: int, object_id: int, shape: ObjectShape) -> float:
-        """:meth:`_support` of the object on its own key slice ``z`` (the yardstick)."""
-        height, width = shape.distance.shape
-        region = (slice(shape.top, shape.top + height), slice(shape.left, shape.left + width))
-        return self._support(object_id, z, region, shape.distance)
+        """:meth:`_support` of the object on its own key slice ``z`` (the yardstick; cached,
+        as every slice of a pass beyond the outermost key compares against it)."""
+        if (z, object_id) not in self._key_supports:
+            height, width = shape.distance.shape
+            region = (slice(shape.top, shape.top + height),
+                      slice(shape.left, shape.left + width))
+            self._key_supports[z, object_id] = self._support(object_id, z, region,
+                                                             shape.distance)
+        return self._key_supports[z, object_id]
 
     def _confidence(self, key: int, z: int, mapping: np.ndarray) -> np.ndarray | None:
         cfg = self.config

@@ -129,7 +129,6 @@ class FlowFields:
         self._queue: list[tuple[int, int]] = []
         self._pending: dict[tuple[int, int], Future] = {}
         self._local = threading.local()
-        self.computed = 0
 
     def prefetch(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Queue the flows of ``pairs`` (in the order they will be asked for); flows queued
@@ -146,7 +145,6 @@ class FlowFields:
             raise ValueError(f"flows are between adjacent slices, got {a} -> {b}")
         pending = self._pending.pop((a, b), None)
         self._fill()
-        self.computed += 1
         return pending.result() if pending else self._compute(a, b)
 
     def _fill(self) -> None:
