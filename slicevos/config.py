@@ -9,6 +9,7 @@ resolved config next to results and inside checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -19,6 +20,27 @@ from typing import Any, TypeVar
 import yaml
 
 from slicevos.errors import InputError
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, but ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``, and reads
+    ``1e-4`` as the string "1e-4", which a typed config then refuses with a confusing
+    error)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 T = TypeVar("T")
 
@@ -90,7 +112,7 @@ def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[st
             if not isinstance(node, dict):
                 raise InputError(None, f"override {item!r}: {part!r} is not a section",
                                  "check the dotted key against the config file")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = load_yaml(raw)
     return data
 
 
@@ -102,7 +124,7 @@ def load_config(path: str | PathLike, cls: type[T], overrides: dict[str, Any] | 
     if not path.is_file():
         raise InputError(path, "config file not found", "check the path (configs/ has examples)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(path, f"invalid YAML ({err})".replace("\n", " "), "fix the syntax") from None
     if not isinstance(data, dict):

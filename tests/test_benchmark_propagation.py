@@ -1,5 +1,6 @@
 """benchmark_propagation: the speed part times both object modes; the quality part runs on
-held-out phantoms and compares several checkpoints (per_object and joint) side by side."""
+held-out phantoms and compares several checkpoints (per_object, joint and flow-guided) side
+by side, each as its own engine and fused."""
 
 from __future__ import annotations
 
@@ -32,17 +33,20 @@ def test_quality_on_phantoms_with_checkpoints_of_both_modes(
     write_phantom_dataset(tmp_path / "ds", n_labeled=1, n_unlabeled=0,
                           config=PhantomConfig(shape=(16, 48, 48)), seed=1, progress=False)
     prepare_cache(tmp_path / "ds", tmp_path / "cache", PrepareConfig(workers=1), progress=False)
-    for mode in ("per_object", "joint"):
+    runs = {"per_object": ("per_object", "false"), "joint": ("joint", "false"),
+            "guided": ("joint", "true")}  # guided: a flow-guided joint network
+    for name, (mode, prior) in runs.items():
         PropagationTrainer(load_config(TINY, PropagationConfig, assignments=[
-            f"data.cache_dir={tmp_path / 'cache'}", f"train.out_dir={tmp_path / mode}",
+            f"data.cache_dir={tmp_path / 'cache'}", f"train.out_dir={tmp_path / name}",
             "train.iterations=1", "train.checkpoint_every=1", "data.crop_size=[48,48]",
-            f"model.object_mode={mode}"])).fit()
+            f"model.object_mode={mode}", f"model.prior_input={prior}"])).fit()
     assert main(["--parts", "quality", "--data", "phantom", "--phantom-cases", "2",
                  "--phantom-shape", "16", "48", "48", "--key-steps", "5", "--checkpoint",
                  str(tmp_path / "per_object" / "last.pt"),
-                 str(tmp_path / "joint" / "last.pt")]) == 0
+                 str(tmp_path / "joint" / "last.pt"), str(tmp_path / "guided" / "last.pt")]) == 0
     out = capsys.readouterr().out
     assert "phantom_s1000, phantom_s1001" in out
     methods = {line[9:].split("  ")[0] for line in out.splitlines()
                if line.startswith("every 5")}
-    assert {"nearest copy", "stcn per_object", "stcn joint"} <= methods
+    assert {"nearest copy", "stcn per_object", "stcn joint", "guided guided",
+            "fused guided"} <= methods

@@ -16,11 +16,12 @@ Parts (``--parts``):
   +1, ...: pick seeds no training set used), the true FLARE labels on every N-th slice
   (N = 5, 10, 20) are the keys; per-organ DSC on all other slices for nearest-key copy, ITK
   morphological contour interpolation (when ``itk`` is installed) and, with ``--checkpoint``
-  (one or more), trained propagation models through the session as ``stcn`` and ``fused``
-  rows; the flow engine's rows (``--flow-variants``: default settings and any overrides) in
+  (one or more), trained propagation models through the session as their own engine's row
+  (``stcn``, or ``guided`` for a flow-guided checkpoint) and ``fused`` rows; the flow engine's rows (``--flow-variants``: default settings and any overrides) in
   any case. Each score is given on all non-key slices, on the organs' "bulk" and on their
   "ends" (``slicevos.benchmarks.propagation_quality``), with seconds per volume.
-- ``flow_speed``: wall time and peak RSS of the flow engine on a 512x512x150 phantom with 13
+- ``flow_speed``: wall time, seconds per propagated slice and peak RSS of the flow engine
+  (and, with ``--checkpoint``, of the checkpoints' engines) on a 512x512x150 phantom with 13
   organs keyed every 10 slices, beside ITK contour interpolation's and nearest-key copy's
   times in the same run.
 """
@@ -43,7 +44,7 @@ from slicevos.benchmarks.propagation_quality import SPLITS, split_dice
 from slicevos.cli.common import run_cli
 from slicevos.config import apply_overrides, config_to_dict, from_dict, load_config
 from slicevos.data.phantom import PhantomConfig, make_phantom
-from slicevos.inference.engines import FusionWeights, build_propagator
+from slicevos.inference.engines import FusionWeights, build_propagator, checkpoint_engine
 from slicevos.inference.flow import FlowConfig, FlowPropagator
 from slicevos.inference.propagation import Propagator
 from slicevos.io import FLARE22, load_labels, load_volume
@@ -158,14 +159,8 @@ def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("defaul
     for variant in flow_variants:
         methods["flow" if variant == "default" else f"flow {variant}"] = _propagate_with(
             FlowPropagator(_flow_config(variant)))
-    for checkpoint in checkpoints:
-        tag = "" if len(checkpoints) == 1 else f" {Path(checkpoint).parent.name}"
-        engines = [("stcn", None)] + [("fused", w) for w in stcn_weights]
-        for engine, weight in engines:
-            fusion = FusionWeights(stcn_weight=weight) if weight is not None else None
-            propagate = _propagate_with(build_propagator(engine, checkpoint, fusion=fusion))
-            suffix = "" if weight is None or len(stcn_weights) == 1 else f" w{weight:g}"
-            methods[f"{engine}{tag}{suffix}"] = propagate
+    for name, propagator in _checkpoint_engines(checkpoints, stcn_weights):
+        methods[name] = _propagate_with(propagator)
     return methods
 
 
@@ -237,21 +232,38 @@ def _print_table(scores: dict[tuple[int, str, str], dict[str, list[float]]],
               + f"{np.nanmean(means):>8.3f}{np.mean(table['seconds']):>8.1f}")
 
 
-def part_flow_speed(size: int, depth: int, step: int, seed: int = 5) -> None:
-    """Seconds and peak RSS of the flow engine on a phantom of ``depth`` x ``size`` x
-    ``size`` with its 13 organs keyed every ``step`` slices, beside ITK's contour
-    interpolation and nearest-key copy on the same keys in the same run."""
+def _checkpoint_engines(checkpoints: Sequence[str], stcn_weights: Sequence[float]
+                        ) -> Iterator[tuple[str, Any]]:
+    """(row name, propagator) for each checkpoint: its own engine (stcn, or guided for a
+    flow-guided network) and ``fused`` at each of ``stcn_weights``."""
+    for checkpoint in checkpoints:
+        tag = "" if len(checkpoints) == 1 else f" {Path(checkpoint).parent.name}"
+        engines = [(checkpoint_engine(checkpoint), None)] + [("fused", w) for w in stcn_weights]
+        for engine, weight in engines:
+            fusion = FusionWeights(stcn_weight=weight) if weight is not None else None
+            suffix = "" if weight is None or len(stcn_weights) == 1 else f" w{weight:g}"
+            yield f"{engine}{tag}{suffix}", build_propagator(engine, checkpoint, fusion=fusion)
+
+
+def part_flow_speed(size: int, depth: int, step: int, checkpoints: Sequence[str] = (),
+                    stcn_weights: Sequence[float] = (0.5,), seed: int = 5) -> None:
+    """Seconds (and per propagated slice) and peak RSS of the flow engine, and of the
+    ``checkpoints``' engines, on a phantom of ``depth`` x ``size`` x ``size`` with its 13
+    organs keyed every ``step`` slices, beside ITK's contour interpolation and nearest-key
+    copy on the same keys in the same run. Peak RSS is the process's so far: only the first
+    row's is that engine's own."""
     phantom = make_phantom(seed, PhantomConfig(shape=(depth, size, size)))
     keys = {z: phantom.labels[z] for z in range(0, depth, step)}
-    propagator = FlowPropagator()
-    image = window_volume(phantom.hu, propagator.windows)
+    engines = [("flow", FlowPropagator()), *_checkpoint_engines(checkpoints, stcn_weights)]
     rows = []
-    with EfficiencyMeter() as meter:
-        session = propagator.start(image)
-        for z, labels in keys.items():
-            session.add_mask(z, labels)
-        session.run()
-    rows.append(("flow", meter.wall_time_s, f"{meter.peak_rss_mb:.0f}"))
+    for name, propagator in engines:
+        image = window_volume(phantom.hu, propagator.windows)
+        with EfficiencyMeter() as meter:
+            session = propagator.start(image)
+            for z, labels in keys.items():
+                session.add_mask(z, labels)
+            session.run()
+        rows.append((name, meter.wall_time_s, f"{meter.peak_rss_mb:.0f}"))
     with EfficiencyMeter() as meter:
         nearest_key_copy(keys, depth)
     rows.append(("nearest copy", meter.wall_time_s, "-"))
@@ -260,12 +272,14 @@ def part_flow_speed(size: int, depth: int, step: int, seed: int = 5) -> None:
         contour_interpolation(keys, depth)
         rows.append(("contour interp (ITK)", time.perf_counter() - start, "(subprocess)"))
     objects = len(np.setdiff1d(np.unique(phantom.labels), [0]))
-    print(f"\nflow speed: {depth}x{size}x{size} phantom, {objects} organs, keys every {step} "
-          f"({len(keys)} keys), {torch.get_num_threads()} torch threads, flow threads "
-          f"{propagator.config.flow.threads}")
-    print(f"{'method':<24}{'seconds':>9}{'peak RSS MB':>14}")
+    propagated = depth - len(keys)
+    print(f"\nengine speed: {depth}x{size}x{size} phantom, {objects} organs, keys every {step} "
+          f"({len(keys)} keys, {propagated} slices propagated), {torch.get_num_threads()} torch "
+          f"threads, flow threads {FlowConfig().flow.threads}")
+    width = max(24, *(len(name) + 2 for name, _, _ in rows))
+    print(f"{'method':<{width}}{'seconds':>9}{'s/slice':>9}{'peak RSS MB':>14}")
     for name, seconds, rss in rows:
-        print(f"{name:<24}{seconds:>9.1f}{rss:>14}")
+        print(f"{name:<{width}}{seconds:>9.1f}{seconds / propagated:>9.3f}{rss:>14}")
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -275,7 +289,8 @@ def _body(args: argparse.Namespace) -> int:
     if "memory" in args.parts:
         part_memory(args.memory_config, args.memory_size, args.memory_depth)
     if "flow_speed" in args.parts:
-        part_flow_speed(args.flow_size, args.flow_depth, args.flow_step)
+        part_flow_speed(args.flow_size, args.flow_depth, args.flow_step,
+                        args.checkpoint or (), args.stcn_weights)
     if "quality" in args.parts:
         cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed)
                  if args.data == "phantom" else _real_cases(Path(args.data), args.cases))
@@ -309,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="first phantom seed (held out: not a training case seed)")
     parser.add_argument("--key-steps", nargs="+", type=int, default=[5, 10, 20])
     parser.add_argument("--checkpoint", nargs="+",
-                        help="quality: propagation checkpoint(s) to evaluate (stcn and fused)")
+                        help="quality and flow_speed: propagation checkpoint(s) to evaluate (their "
+                        "own engine, stcn or guided, and fused)")
     parser.add_argument("--cases", nargs="+", help="quality: only these real volume folders")
     parser.add_argument("--per-case", action="store_true", help="quality: a table per volume")
     parser.add_argument("--flow-variants", nargs="+", default=["default"],

@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 from slicevos.errors import InputError
 
+# the propagation engines (slicevos.inference.engines.ENGINES), without importing torch for
+# --help
+PROPAGATORS = ("flow", "stcn", "guided", "fused")
+
 DEBUG_ENV = "SLICEVOS_DEBUG"
 # argparse destinations that name what a tool writes, not what it reads
 OUTPUT_ARGS = frozenset({"out", "output", "out_dir", "out_dataset", "cache_dir", "csv"})

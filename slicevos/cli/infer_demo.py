@@ -33,7 +33,7 @@ def prepare_demo(args: argparse.Namespace) -> argparse.Namespace:
                           seed=2026, progress=False)
     image = next((phantom_dir / "imagesTr").glob("*_0000.nii.gz"))
     checkpoints = dict(SHIPPED)
-    if args.propagator not in ("stcn", "fused"):
+    if args.propagator in (None, "flow"):
         checkpoints.pop("propagation")
     if not all(p.exists() for p in checkpoints.values()):
         log.info("demo: shipped demo checkpoints not found in %s; training small ones on "
@@ -46,7 +46,7 @@ def prepare_demo(args: argparse.Namespace) -> argparse.Namespace:
     args.reference = str(checkpoints["reference"])
     # the flow engine (the default) needs no propagation model; --propagator stcn|fused uses
     # the demo one
-    needs_model = args.propagator in ("stcn", "fused")
+    needs_model = args.propagator not in (None, "flow")
     args.propagation = str(checkpoints["propagation"]) if needs_model else None
     args.keys = args.key_slices = args.localizer = None
     args.preview = args.report = True

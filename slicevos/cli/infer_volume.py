@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from slicevos.cli.common import run_cli
+from slicevos.cli.common import PROPAGATORS, run_cli
 from slicevos.config import load_config
 from slicevos.errors import InputError
 
@@ -72,7 +72,8 @@ def _body(args: argparse.Namespace) -> int:
     if args.input is None or args.output is None:
         raise InputError(None, "INPUT and OUTPUT are needed", "pass both, or use --demo")
     if args.propagation and not args.propagator:
-        args.propagator = "stcn"
+        from slicevos.inference.engines import checkpoint_engine
+        args.propagator = checkpoint_engine(args.propagation)
     if args.key_slices and not args.keys:
         raise InputError("--key-slices", "slice indices need a fully drawn label file",
                          "pass --keys LABELS.nii.gz too")
@@ -80,7 +81,7 @@ def _body(args: argparse.Namespace) -> int:
     config = inference_config(args)
     if config.propagator == "flow" and args.propagation:
         raise InputError(args.propagation, "the flow engine takes no propagation checkpoint",
-                         "drop --propagation, or pass --propagator stcn or fused")
+                         "drop --propagation, or pass --propagator stcn, guided or fused")
     device = resolve_device(args.device)
     pipeline = VolumePipeline.from_checkpoints(
         args.propagation, args.reference if not args.keys else None, args.localizer, config,
@@ -126,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", nargs="?", help="label file (.nii.gz) or output folder")
     parser.add_argument("--reference", help="reference checkpoint (slicevos-train-reference)")
     parser.add_argument("--propagation", help="propagation checkpoint "
-                        "(slicevos-train-propagation), for --propagator stcn or fused")
-    parser.add_argument("--propagator", choices=("flow", "stcn", "fused"),
-                        help="propagation engine (default: the config's, flow; stcn when only "
-                        "--propagation is given)")
+                        "(slicevos-train-propagation), for --propagator stcn, guided or fused")
+    parser.add_argument("--propagator", choices=PROPAGATORS,
+                        help="propagation engine (default: the config's, flow; when only "
+                        "--propagation is given, stcn, or guided for a flow-guided checkpoint)")
     parser.add_argument("--localizer", help="optional localizer checkpoint "
                         "(slicevos-train-localizer): only the abdomen z-range is segmented")
     parser.add_argument("--keys", help="semi-automatic: label file whose drawn slices are the "

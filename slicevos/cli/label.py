@@ -23,7 +23,7 @@ import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
-from slicevos.cli.common import run_cli
+from slicevos.cli.common import PROPAGATORS, run_cli
 from slicevos.errors import InputError
 
 log = logging.getLogger("slicevos.label")
@@ -81,6 +81,7 @@ def serve(app, sock: socket.socket, url: str, open_browser: bool) -> None:
 
 
 def _body(args: argparse.Namespace) -> int:
+    from slicevos.inference.engines import checkpoint_engine
     from slicevos.io.labels import get_schema
     from slicevos.labeler.server import create_app, create_error_app, new_token
     from slicevos.labeler.state import open_labeler
@@ -88,7 +89,7 @@ def _body(args: argparse.Namespace) -> int:
     scan = Path(args.scan)
     start = Path(args.labels) if args.labels else None
     checkpoint = Path(args.propagation) if args.propagation else None
-    engine = args.propagator or ("stcn" if checkpoint else "flow")
+    engine = args.propagator or (checkpoint_engine(checkpoint) if checkpoint else "flow")
     if args.host not in LOCAL_HOSTS:
         log.warning("warning: serving on %s, not 127.0.0.1: anyone who can reach this machine "
                     "and has the token can see the scan and change the labels", args.host)
@@ -135,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "flare23 or objects")
     parser.add_argument("--propagation", help="propagation checkpoint (STCN); without it the "
                         "optical-flow engine runs")
-    parser.add_argument("--propagator", choices=("flow", "stcn", "fused"),
-                        help="propagation engine (default: flow, or stcn with --propagation)")
+    parser.add_argument("--propagator", choices=PROPAGATORS,
+                        help="propagation engine (default: flow; with --propagation, stcn, or "
+                        "guided for a flow-guided checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default "
                         "127.0.0.1; anything else is reachable from other machines)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")

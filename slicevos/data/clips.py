@@ -39,6 +39,8 @@ from slicevos.data.clip_sampling import (
     ClipSampler,
     curriculum_max_gap,
 )
+from slicevos.data.flow_prior import clip_flow_prior
+from slicevos.data.optical_flow import FlowSettings
 from slicevos.data.sampling import SEED_BOUND, crop_or_pad, foreground_center, split_cases
 from slicevos.data.slices import StepBatchSampler
 from slicevos.errors import InputError
@@ -46,6 +48,7 @@ from slicevos.preprocessing.position import relative_position
 
 LABEL_SOURCES = ("labels",)
 LABEL_CLASSES = ("all", "objects")
+PRIOR_PATHS = ("adjacent", "frames")
 AUGMENT_ATTEMPTS = 4  # the last one without augmentation
 
 
@@ -61,7 +64,13 @@ class ClipDataConfig:
     cache's labels.npy; any id > 0 is an object). ``label_classes``: what a clip's ``labels``
     (joint-mode input and targets) hold: every class of the frames ("all") or only the clip's
     sampled objects, other ids set to 0 ("objects": joint training then has to follow the
-    classes its key gives instead of segmenting every class it knows).
+    classes its key gives instead of segmenting every class it knows). ``flow_prior``: each
+    clip also carries frame 0's masks warped onto the later frames by optical flow
+    (``slicevos.data.flow_prior``; signed distances clipped to ``±prior_clip`` pixels), the
+    input of a flow-guided STCN; the training config sets it from ``model.prior_input``.
+    ``prior_through``: "adjacent" composes the flows between every pair of adjacent slices
+    from frame 0 on (as the flow engine does), "frames" only those between the clip's frames
+    (cheaper, and worse across long gaps).
     """
 
     cache_dir: str
@@ -80,6 +89,9 @@ class ClipDataConfig:
     val_fraction: float = 0.0
     label_source: str = "labels"
     label_classes: str = "all"
+    flow_prior: bool = False
+    prior_clip: float = 24.0
+    prior_through: str = "adjacent"
     workers: int = 0
     seed: int = 0
 
@@ -101,6 +113,8 @@ class ClipDataConfig:
             "val_fraction": (0 <= self.val_fraction < 1, "a fraction in [0, 1)"),
             "label_source": (self.label_source in LABEL_SOURCES, f"one of {LABEL_SOURCES}"),
             "label_classes": (self.label_classes in LABEL_CLASSES, f"one of {LABEL_CLASSES}"),
+            "prior_clip": (self.prior_clip > 0, "a number of pixels > 0"),
+            "prior_through": (self.prior_through in PRIOR_PATHS, f"one of {PRIOR_PATHS}"),
             "workers": (self.workers >= 0, "an integer >= 0"),
             "seed": (self.seed >= 0, "an integer >= 0"),
         }
@@ -125,7 +139,9 @@ class ClipBatch(TensorBatch):
     ``labels`` int64 (B, T, H, W) the cropped frames' label ids as stored in the cache (every
     class, or only the objects with ``label_classes="objects"``; 0 background and padding),
     for joint-mode training;
-    ``keys`` the ``ClipKey`` of each clip.
+    ``keys`` the ``ClipKey`` of each clip; ``priors`` float32 (B, T-1, O, H, W) the flow
+    prior of frames 1..T-1 (signed distances in pixels, ``-prior_clip`` for padding slots),
+    or None when the data has no ``flow_prior``.
     """
 
     images: torch.Tensor
@@ -136,6 +152,7 @@ class ClipBatch(TensorBatch):
     positions: torch.Tensor
     labels: torch.Tensor
     keys: tuple[ClipKey, ...] = field(default=(), compare=False)
+    priors: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -152,13 +169,16 @@ def collate_clips(samples: Sequence[Mapping[str, Any]]) -> ClipBatch:
     return ClipBatch(**{name: torch.stack([s[name] for s in samples]) for name in
                         ("images", "masks", "object_ids", "valid", "frames", "positions",
                          "labels")},
-                     keys=tuple(s["key"] for s in samples))
+                     keys=tuple(s["key"] for s in samples),
+                     priors=(torch.stack([s["priors"] for s in samples])
+                             if "priors" in samples[0] else None))
 
 
 class ClipDataset(AugmentedDataset):
     """Clips of one sampler: ``dataset[(step, i)]`` or ``dataset[ClipKey]`` -> dict with
     ``images`` (T, C, h, w), ``masks`` (T, O, h, w), ``object_ids`` (O,), ``valid`` (O,),
-    ``frames`` (T,), ``positions`` (T,), ``labels`` (T, h, w) int64, ``key``. Picklable (for
+    ``frames`` (T,), ``positions`` (T,), ``labels`` (T, h, w) int64, ``key``, and with
+    ``flow_prior`` ``priors`` (T-1, O, h, w). Picklable (for
     ``DataLoader`` workers)."""
 
     def __init__(self, cache: SliceCache, config: ClipDataConfig, sampler: ClipSampler,
@@ -174,12 +194,20 @@ class ClipDataset(AugmentedDataset):
     def key(self, step: int, i: int) -> ClipKey:
         return self.sampler.key(self.config.seed, self.rank, step, i)
 
+    def _slices(self, key: ClipKey) -> list[int]:
+        """The slices a clip reads: its frames, or with ``flow_prior`` through "adjacent"
+        every slice from frame 0 to the last frame (the prior is composed through them)."""
+        if not self.config.flow_prior or self.config.prior_through == "frames":
+            return list(key.frames)
+        first, last = key.frames[0], key.frames[-1]
+        return list(range(first, last + (1 if last >= first else -1), 1 if last >= first else -1))
+
     def _attempt(self, key: ClipKey, pipeline: Any, seed: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Augment every frame with ``seed`` and crop them all with one window: image uint8
-        (T, C, h, w) and labels uint8 (T, h, w)."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augment every slice of :meth:`_slices` with ``seed`` and crop them all with one
+        window: image uint8 (S, C, h, w) and labels uint8 (S, h, w)."""
         frames = [augment_slice(pipeline, *self.cache.slice(key.case_id, z), seed)
-                  for z in key.frames]
+                  for z in self._slices(key)]
         first = frames[0][1]
         center = foreground_center(np.where(np.isin(first, key.object_ids), first, 0), rng)
         channels = frames[0][0].shape[0]
@@ -194,7 +222,9 @@ class ClipDataset(AugmentedDataset):
         rng = np.random.default_rng(key.seed)
         for attempt in range(AUGMENT_ATTEMPTS):
             pipeline = self._pipeline if attempt < AUGMENT_ATTEMPTS - 1 else None
-            image, labels = self._attempt(key, pipeline, int(rng.integers(SEED_BOUND)), rng)
+            path, path_labels = self._attempt(key, pipeline, int(rng.integers(SEED_BOUND)), rng)
+            at = [self._slices(key).index(z) for z in key.frames]  # the frames' rows
+            image, labels = path[at], path_labels[at]
             areas = {k: int((labels[0] == k).sum()) for k in key.object_ids}
             kept = [k for k in key.object_ids if areas[k] >= self.config.min_object_pixels]
             if kept:
@@ -208,7 +238,7 @@ class ClipDataset(AugmentedDataset):
         if self.config.label_classes == "objects":
             labels = np.where(np.isin(labels, slots[slots > 0]), labels, 0)
         depth = self.cache.num_slices(key.case_id)
-        return {
+        sample = {
             "images": torch.from_numpy(image.astype(np.float32) / 255),
             "masks": torch.from_numpy(masks.astype(np.float32)),
             "object_ids": torch.from_numpy(slots),
@@ -218,6 +248,10 @@ class ClipDataset(AugmentedDataset):
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "key": key,
         }
+        if self.config.flow_prior:
+            sample["priors"] = torch.from_numpy(clip_flow_prior(
+                path, masks[0], FlowSettings(), self.config.prior_clip, at[1:]))
+        return sample
 
 
 class ClipData:

@@ -22,7 +22,8 @@ class InferenceConfig:
     """How ``VolumePipeline`` runs.
 
     ``propagator``: the engine that fills the volume from the key slices (flow: optical flow,
-    no checkpoint; stcn: the trained network; fused: both, mixed by ``fusion``); ``flow``: the
+    no checkpoint; stcn: the trained network; guided: a flow-guided network correcting the
+    flow engine's proposal; fused: a network and flow, mixed by ``fusion``); ``flow``: the
     flow engine's options (``slicevos.inference.flow.FlowConfig``). ``key_mode`` (automatic
     mode): ``per_organ`` keys only the slice where each organ is largest, ``sampled`` makes
     every slice the reference segmented a key.

@@ -1,11 +1,21 @@
-"""Propagation engines by name, and ``fused``: the STCN and the flow engine in one pass.
+"""Propagation engines by name: ``flow``, ``stcn``, ``guided`` (a flow-guided STCN that
+corrects the flow engine's proposal) and ``fused`` (a network and the flow engine in one
+pass, probabilities mixed).
 
 ::
 
     propagator = build_propagator("flow")                       # no checkpoint needed
     propagator = build_propagator("stcn", "prop.pt")            # the trained network
-    propagator = build_propagator("fused", "prop.pt")           # both, probabilities mixed
+    propagator = build_propagator("guided", "guided.pt")        # model.prior_input network
+    propagator = build_propagator("fused", "prop.pt")           # either network + flow
     session = propagator.start(window_volume(hu, propagator.windows))
+
+Guided: the flow pass and the STCN pass from a key run in lockstep; for each slice the
+network gets the flow pass's signed distances of that slice as its prior (per object, or per
+class in joint mode: background 0, classes not propagated far outside) and returns corrected
+ones (its logits times ``prior_temperature``), with the flow pass's confidence: the session
+mixes the two directions as it mixes flow's, so an untrained network reproduces flow. A checkpoint trained with the prior runs only as ``guided`` (or
+``fused``), a plain one never as ``guided``.
 
 Every propagator has ``name``, ``windows`` (the CT windows its image must be made with),
 ``device``, ``keep_disagreement_map`` and ``start(image) -> PropagationSession``.
@@ -32,7 +42,7 @@ from slicevos.inference.propagation import Propagator, StcnPasses, load_propagat
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
 from slicevos.preprocessing.windowing import Window
 
-ENGINES = ("flow", "stcn", "fused")
+ENGINES = ("flow", "stcn", "guided", "fused")
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,108 @@ def flow_probabilities(scores: BoxScores, temperature: float) -> torch.Tensor:
     return (scores.dense() / temperature).softmax(0)
 
 
+def prior_on_network_channels(scores: BoxScores, joint_classes: int | None,
+                              object_ids: Sequence[int], floor: float) -> torch.Tensor:
+    """Flow scores [background, *objects] of a pass -> the network's prior layout: (O, H, W)
+    object distances (per_object) or (K, H, W) class distances (joint; background 0,
+    classes not propagated ``floor``, far outside)."""
+    dense = scores.dense()
+    if joint_classes is None:
+        return dense[1:]
+    classes = torch.full((joint_classes, *dense.shape[1:]), floor, dtype=dense.dtype)
+    classes[[0, *object_ids]] = dense
+    return classes
+
+
+class NetworkAndFlowPasses(PassEngine):
+    """Pass engines that run a network's passes (``stcn``) and the flow engine's (``flow``)
+    of one session together: keys are checked and labelled the network's way, and a key
+    change reaches both."""
+
+    stcn: PassEngine
+    flow: FlowPasses
+
+    def check_key(self, z: int, labels: np.ndarray) -> None:
+        self.stcn.check_key(z, labels)
+
+    def keys_changed(self, z: int, objects_changed: bool) -> None:
+        self.stcn.keys_changed(z, objects_changed)
+        self.flow.keys_changed(z, objects_changed)
+
+    def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
+        return self.stcn.label_lut(object_ids)
+
+
+class GuidedPropagator:
+    """Sessions of the flow-guided STCN (module doc): ``stcn`` holds the prior-input network."""
+
+    name = "guided"
+
+    def __init__(self, stcn: Propagator, flow: FlowPropagator) -> None:
+        self.stcn, self.flow = stcn, flow
+        self.windows = stcn.windows or flow.windows
+        self.device = stcn.device
+        self.keep_disagreement_map = stcn.keep_disagreement_map
+        self.model = stcn.model
+
+    def check_image(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.stcn.check_image(image)
+
+    def start(self, image: np.ndarray | torch.Tensor) -> PropagationSession:
+        return PropagationSession(self.check_image(image), self.engine,
+                                  self.keep_disagreement_map)
+
+    def engine(self, session: PropagationSession) -> GuidedPasses:
+        return GuidedPasses(self.stcn.engine(session), self.flow.engine(session))
+
+
+class GuidedPasses(NetworkAndFlowPasses):
+    """The flow and STCN passes of one session in lockstep, the flow pass feeding the STCN."""
+
+    def __init__(self, stcn: StcnPasses, flow: FlowPasses) -> None:
+        self.stcn, self.flow = stcn, flow
+        net = stcn.net
+        self.joint_classes = net.num_classes if net.joint else None
+        self.floor = -flow.config.clip
+
+    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
+        return self.flow.one_direction_uncertainty(output, channels)
+
+    def run_pass_with_flow(self, start: int, other: int | None, slices: range
+                           ) -> Iterator[tuple[int, PassOutput, PassOutput]]:
+        """(z, the network's output, the flow pass's output) per slice. The network's scores
+        are in the flow engine's units (signed distance in pixels, see
+        ``StcnPasses.run_pass``) and carry the flow pass's confidence, so the session mixes
+        the directions exactly as for flow: an untrained network gives flow's labels."""
+        warped_passes = self.flow.run_pass(start, other, slices)
+        current: dict[int, PassOutput] = {}
+        session = self.stcn.session
+
+        def prior(z: int) -> torch.Tensor:
+            flow_z, warped = next(warped_passes)
+            if flow_z != z:
+                raise RuntimeError(f"flow pass at slice {flow_z}, STCN pass at {z}")
+            current[z] = warped
+            return prior_on_network_channels(warped.scores, self.joint_classes,
+                                             session.object_ids, self.floor)
+
+        for z, learned in self.stcn.run_pass(start, other, slices, prior):
+            warped = current.pop(z)
+            yield z, PassOutput(learned.scores, warped.confidence), warped
+
+    def run_pass(self, start: int, other: int | None,
+                 slices: range) -> Iterator[tuple[int, PassOutput]]:
+        for z, learned, _ in self.run_pass_with_flow(start, other, slices):
+            yield z, learned
+
+
 class FusedPropagator:
     """Sessions whose passes run the STCN and the flow engine side by side (module doc)."""
 
     name = "fused"
 
-    def __init__(self, stcn: Propagator, flow: FlowPropagator, windows: tuple[Window, ...],
-                 weights: FusionWeights | None = None) -> None:
+    def __init__(self, stcn: Propagator | GuidedPropagator, flow: FlowPropagator,
+                 windows: tuple[Window, ...], weights: FusionWeights | None = None) -> None:
         self.stcn, self.flow = stcn, flow
         self.windows = windows
         self.weights = weights or FusionWeights()
@@ -75,25 +180,19 @@ class FusedPropagator:
                                   self.keep_disagreement_map)
 
     def engine(self, session: PropagationSession) -> FusedPasses:
-        return FusedPasses(self.stcn.engine(session), self.flow.engine(session), self.weights)
+        learned = self.stcn.engine(session)
+        flow = learned.flow if isinstance(learned, GuidedPasses) else self.flow.engine(session)
+        return FusedPasses(learned, flow, self.weights)
 
 
-class FusedPasses(PassEngine):
+class FusedPasses(NetworkAndFlowPasses):
     """The STCN and flow passes of one session, in lockstep."""
 
-    def __init__(self, stcn: StcnPasses, flow: FlowPasses, weights: FusionWeights) -> None:
+    def __init__(self, stcn: StcnPasses | GuidedPasses, flow: FlowPasses,
+                 weights: FusionWeights) -> None:
         self.stcn, self.flow, self.weights = stcn, flow, weights
-        self.joint = stcn.net.joint
-
-    def check_key(self, z: int, labels: np.ndarray) -> None:
-        self.stcn.check_key(z, labels)
-
-    def keys_changed(self, z: int, objects_changed: bool) -> None:
-        self.stcn.keys_changed(z, objects_changed)
-        self.flow.keys_changed(z, objects_changed)
-
-    def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
-        return self.stcn.label_lut(object_ids)
+        self.network = stcn.stcn if isinstance(stcn, GuidedPasses) else stcn
+        self.joint = self.network.net.joint
 
     def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
         return self.stcn.one_direction_uncertainty(output, channels)
@@ -102,22 +201,37 @@ class FusedPasses(PassEngine):
     def run_pass(self, start: int, other: int | None,
                  slices: range) -> Iterator[tuple[int, PassOutput]]:
         weight = self.weights.stcn_weight
-        passes = zip(self.stcn.run_pass(start, other, slices),
-                     self.flow.run_pass(start, other, slices), strict=True)
-        for (z, learned), (_, warped) in passes:
+        if isinstance(self.stcn, GuidedPasses):
+            passes = self.stcn.run_pass_with_flow(start, other, slices)
+        else:
+            passes = ((z, learned, warped) for (z, learned), (_, warped) in zip(
+                self.stcn.run_pass(start, other, slices),
+                self.flow.run_pass(start, other, slices), strict=True))
+        guided_scale = (self.network.net.config.prior_temperature
+                        if isinstance(self.stcn, GuidedPasses) else None)
+        for z, learned, warped in passes:
             flow = self._on_stcn_channels(flow_probabilities(warped.scores,
                                                              self.weights.temperature))
-            mixed = weight * learned.scores + (1 - weight) * flow.to(learned.scores)
+            probs = (learned.scores if guided_scale is None
+                     else (learned.scores / guided_scale).softmax(0))
+            mixed = weight * probs + (1 - weight) * flow.to(probs)
             yield z, PassOutput(mixed, warped.confidence)
 
     def _on_stcn_channels(self, probs: torch.Tensor) -> torch.Tensor:
         """Flow's (O + 1) channels [background, *object_ids] -> the STCN's layout."""
         if not self.joint:
             return probs
-        classes = torch.zeros((self.stcn.net.num_classes, *probs.shape[1:]))
-        ids = [0, *self.stcn.session.object_ids]
+        classes = torch.zeros((self.network.net.num_classes, *probs.shape[1:]))
+        ids = [0, *self.network.session.object_ids]
         classes[ids] = probs
         return classes
+
+
+def checkpoint_engine(checkpoint: str | PathLike) -> str:
+    """The engine a propagation checkpoint runs as when none is named: ``guided`` for a
+    flow-guided network, else ``stcn``."""
+    net, _ = load_propagation_net(checkpoint)
+    return "guided" if net.config.prior_input else "stcn"
 
 
 def build_propagator(name: str, checkpoint: str | PathLike | None = None,
@@ -126,10 +240,12 @@ def build_propagator(name: str, checkpoint: str | PathLike | None = None,
                      feature_cache_slices: int | None = None,
                      keep_disagreement_map: bool = False, flow: FlowConfig | None = None,
                      fusion: FusionWeights | None = None):
-    """The propagator called ``name`` (flow | stcn | fused). ``stcn`` and ``fused`` need a
-    propagation ``checkpoint``; ``flow`` takes none (a checkpoint given to it is refused, so a
-    user never believes a model ran when it did not). The image a session is started on must
-    be windowed with the returned propagator's ``windows``."""
+    """The propagator called ``name`` (flow | stcn | guided | fused). ``stcn``, ``guided`` and
+    ``fused`` need a propagation ``checkpoint`` (``guided`` one trained with
+    ``model.prior_input``, ``stcn`` one without; ``fused`` takes either); ``flow`` takes none
+    (a checkpoint given to it is refused, so a user never believes a model ran when it did
+    not). The image a session is started on must be windowed with the returned propagator's
+    ``windows``."""
     if name not in ENGINES:
         raise InputError(None, f"unknown propagation engine {name!r}",
                          f"choose one of {', '.join(ENGINES)}")
@@ -142,10 +258,23 @@ def build_propagator(name: str, checkpoint: str | PathLike | None = None,
         raise InputError(None, f"the {name} engine needs a propagation checkpoint",
                          "pass --propagation PROP.pt, or use --propagator flow")
     net, windows = load_propagation_net(checkpoint, device)
+    guided = net.config.prior_input
+    if name == "stcn" and guided:
+        raise InputError(checkpoint, "is a flow-guided STCN (trained with the flow prior "
+                         "input), the stcn engine cannot give it that prior",
+                         "use --propagator guided or fused with this checkpoint")
+    if name == "guided" and not guided:
+        raise InputError(checkpoint, "is a plain STCN (no flow prior input), the guided "
+                         "engine needs a flow-guided one", "use --propagator stcn or fused, "
+                         "or train one with --set model.prior_input=true")
     stcn = Propagator(net, device, memory_every, max_memory_frames,
                       features_on_cpu=features_on_cpu,
                       feature_cache_slices=feature_cache_slices,
                       keep_disagreement_map=keep_disagreement_map, windows=windows)
     if name == "stcn":
         return stcn
-    return FusedPropagator(stcn, FlowPropagator(flow, keep_disagreement_map), windows, fusion)
+    flow_propagator = FlowPropagator(flow, keep_disagreement_map)
+    learned = GuidedPropagator(stcn, flow_propagator) if guided else stcn
+    if name == "guided":
+        return learned
+    return FusedPropagator(learned, flow_propagator, windows, fusion)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from slicevos.data.optical_flow import signed_distance
+
 
 @dataclass
 class ObjectShape:
@@ -29,14 +31,6 @@ class ObjectShape:
     top: int
     left: int
     radius: float
-
-
-def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> float32 signed distance (pixels): > 0 inside, < 0 outside, boundary 0."""
-    mask8 = mask.astype(np.uint8)
-    inside = cv2.distanceTransform(mask8, cv2.DIST_L2, 5)
-    outside = cv2.distanceTransform(1 - mask8, cv2.DIST_L2, 5)
-    return np.where(mask, inside - 0.5, 0.5 - outside).astype(np.float32)
 
 
 def key_shapes(labels: np.ndarray, clip: float) -> dict[int, ObjectShape]:

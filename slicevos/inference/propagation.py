@@ -26,7 +26,7 @@ they are stored).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 
 import numpy as np
@@ -147,10 +147,15 @@ class StcnPasses(PassEngine):
         return float(low_confidence(output.scores[None])[0])
 
     @torch.inference_mode()
-    def run_pass(self, start: int, other: int | None,
-                 slices: range) -> Iterator[tuple[int, PassOutput]]:
+    def run_pass(self, start: int, other: int | None, slices: range,
+                 prior: Callable[[int], torch.Tensor] | None = None
+                 ) -> Iterator[tuple[int, PassOutput]]:
         """Keys ``start`` and ``other`` in memory; probabilities (L, H, W) float32, L = O + 1
-        (per_object) or K (joint)."""
+        (per_object) or K (joint). ``prior(z)``: the flow prior of slice ``z`` for a
+        flow-guided network, (O or K, H, W) signed distances (asked once per slice, in pass
+        order, before the slice is decoded); its passes score in the prior's units instead
+        (:meth:`_distance_scores`), so that the session mixes the two directions as it
+        mixes the flow engine's."""
         net, every, stats = self.net, self.propagator.memory_every, self.session.stats
         bank = self.propagator.new_memory_bank()
         for key_z in (start, other):
@@ -159,12 +164,30 @@ class StcnPasses(PassEngine):
         for step, z in enumerate(slices, start=1):
             features = self._features(z, slices)
             readout = net.read_memory(features.key, *bank.stacked(), net.config.top_k)
-            probs = self.mode.probabilities(net, net.decode(features, readout))
-            yield z, PassOutput(crop_to(probs[0], self.session.height, self.session.width))
+            decoded = (net.decode(features, readout) if prior is None
+                       else net.decode(features, readout, self._padded_prior(prior(z))))
+            probs = self.mode.probabilities(net, decoded)
+            scores = probs[0] if prior is None else self._distance_scores(decoded[0])
+            yield z, PassOutput(crop_to(scores, self.session.height, self.session.width))
             if step % every == 0 and step < len(slices):
                 value = self._encode_value(z, features, self.mode.value_masks(probs))
                 bank.add_recent(z, features.key[0], value)
                 stats.peak_recent_frames = max(stats.peak_recent_frames, len(bank.recent_frames))
+
+    def _distance_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """A flow-guided network's logits (O or K, H, W) -> scores in pixels of signed
+        distance, the flow engine's units: [background 0, objects] (per_object) or the K
+        class scores (joint), times ``prior_temperature``."""
+        scale = self.net.config.prior_temperature
+        if not self.net.joint:
+            logits = torch.cat([torch.zeros_like(logits[:1]), logits])
+        return logits.float() * scale
+
+    def _padded_prior(self, prior: torch.Tensor) -> torch.Tensor:
+        """(L, H, W) signed distances -> (1, L, H', W') on the device, padded far outside."""
+        prior = prior.to(self.propagator.device, self.propagator.compute_dtype)[None]
+        floor = float(prior.amin()) if prior.numel() else 0.0
+        return pad_to_multiple(prior, self.net.output_stride, value=min(floor, 0.0))
 
     def _key_value(self, z: int) -> torch.Tensor:
         """Memory value of key slice ``z`` (cached): (O, Cv, h, w) for the current objects

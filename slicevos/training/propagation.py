@@ -82,6 +82,11 @@ class ClipObjective:
         """Frame 0's masks: (B, O, H, W) object slots."""
         return batch.masks[:, 0]
 
+    def priors(self, batch: ClipBatch) -> torch.Tensor | None:
+        """The flow priors of frames 1..T-1 in the network's layout: (B, T-1, O, H, W) object
+        slots (None without ``data.flow_prior``)."""
+        return batch.priors
+
     def logits(self, out: ClipOutput, batch: ClipBatch) -> torch.Tensor:
         """Training logits (B, T-1, L, H, W) float32 (L = O + 1, padding slots masked)."""
         return mask_padding_slots(out.logits.float(), batch.valid)
@@ -100,7 +105,8 @@ class JointObjective(ClipObjective):
     """joint mode: one-hot class masks of frame 0 in, class logits out; ``num_classes`` K from
     the cache's schema (``index_path`` names the cache in errors)."""
 
-    def __init__(self, schema: LabelSchema, index_path: Path) -> None:
+    def __init__(self, schema: LabelSchema, index_path: Path, prior_clip: float = 24.0
+                 ) -> None:
         if schema.name == OBJECTS.name:
             raise InputError(index_path, f"schema {OBJECTS.name!r} is class-agnostic ("
                              f"{OBJECTS.num_classes} arbitrary ids), joint mode needs a fixed "
@@ -108,6 +114,7 @@ class JointObjective(ClipObjective):
                              "schema (slicevos-prepare-data --schema flare22), or set "
                              "model.object_mode: per_object")
         self.schema, self.num_classes, self.index_path = schema, schema.num_classes, index_path
+        self.prior_clip = prior_clip
 
     def _labels(self, batch: ClipBatch) -> torch.Tensor:
         bad = batch.labels.flatten(1).amax(1) >= self.num_classes
@@ -124,6 +131,20 @@ class JointObjective(ClipObjective):
         """Frame 0's one-hot class masks (B, K, H, W) float32."""
         one_hot = F.one_hot(self._labels(batch)[:, 0], self.num_classes)
         return one_hot.permute(0, 3, 1, 2).to(batch.images.dtype)
+
+    def priors(self, batch: ClipBatch) -> torch.Tensor | None:
+        """Slot priors -> (B, T-1, K, H, W) class priors: background 0 (the flow engine's
+        background score), each sampled object's class its slot, other classes the clip
+        value (far outside)."""
+        if batch.priors is None:
+            return None
+        slots = batch.priors
+        classes = torch.full((*slots.shape[:2], self.num_classes, *slots.shape[3:]),
+                             -self.prior_clip, dtype=slots.dtype, device=slots.device)
+        classes[:, :, 0] = 0.0
+        for b, o in torch.nonzero(batch.valid).tolist():
+            classes[b, :, int(batch.object_ids[b, o])] = slots[b, :, o]
+        return classes
 
     def logits(self, out: ClipOutput, batch: ClipBatch) -> torch.Tensor:
         return out.logits.float()
@@ -144,9 +165,11 @@ class PropagationTrainer(Trainer):
 
     def __init__(self, config: PropagationConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.data = ClipData(config.data, rank=self.dist.rank)
+        self.data = ClipData(replace(config.data, flow_prior=config.model.prior_input),
+                             rank=self.dist.rank)
         self.objective = (JointObjective(self.data.cache.schema,
-                                         self.data.cache.root / INDEX_FILE)
+                                         self.data.cache.root / INDEX_FILE,
+                                         config.data.prior_clip)
                           if config.model.object_mode == "joint" else ClipObjective())
         loss = config.loss
         self.ohem = OhemCrossEntropy(loss.ohem_top_ratio, loss.ohem_warmup_start,
@@ -167,8 +190,8 @@ class PropagationTrainer(Trainer):
                 "in_channels": self.data.in_channels, "num_classes": self.num_classes}
 
     def _clip_logits(self, model: nn.Module, batch: ClipBatch) -> torch.Tensor:
-        return self.objective.logits(model(batch.images, self.objective.first_masks(batch)),
-                                     batch)
+        return self.objective.logits(model(batch.images, self.objective.first_masks(batch),
+                                           priors=self.objective.priors(batch)), batch)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor | float]:
         batch = self.data.batch(step).to(self.device)

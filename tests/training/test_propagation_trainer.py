@@ -13,8 +13,6 @@ import torch
 
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
 from slicevos.errors import InputError
 from slicevos.inference.propagation import Propagator, load_propagation_net
 from slicevos.io.checkpoint import load_checkpoint
@@ -23,16 +21,6 @@ from slicevos.training.propagation import PropagationConfig, PropagationTrainer,
 TINY = Path(__file__).resolve().parents[2] / "configs" / "propagation" / "tiny.yaml"
 MODES = ("per_object", "joint")
 FLARE22_CLASSES = 14
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clips")
-    write_phantom_dataset(root / "ds", n_labeled=3, n_unlabeled=0,
-                          config=PhantomConfig(shape=(24, 64, 64)), seed=1, progress=False)
-    prepare_cache(root / "ds", root / "cache", PrepareConfig(schema="flare22", workers=1),
-                  progress=False)
-    return root / "cache"
 
 
 def config_for(cache_dir: Path, out: Path, *assignments: str) -> PropagationConfig:

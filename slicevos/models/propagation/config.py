@@ -32,6 +32,15 @@ class PropagationModelConfig:
     map per object, soft aggregation across objects) or "joint" (one value map per slice from
     the one-hot mask of ``num_classes`` classes, class logits out). ``top_k``: memory entries
     kept per query position at inference (None: full softmax, used in training).
+    ``prior_input``: the flow-guided variant. The decoder is also given, for the slice it
+    segments, a prior in the shape of its output (per object, or per class in joint mode):
+    signed distances in pixels (> 0 inside), as the flow engine warps them. It becomes the
+    logits ``clamp(prior / prior_temperature, ±prior_logit_clip)``, which the decoder sees
+    (at strides 16 and 4) and corrects: its output is added to them, from a zero-initialised
+    last layer, so the untrained network returns the prior itself. ``prior_correction_limit``
+    (logits; None = unbounded) bounds that correction smoothly (``limit * tanh(c / limit)``):
+    the network can then move boundaries and end organs whose prior is weak, but cannot
+    erase an organ the prior is deep inside.
     """
 
     key_backbone: str = "resnet50"
@@ -46,6 +55,10 @@ class PropagationModelConfig:
     num_classes: int = 2
     in_channels: int = 3
     top_k: int | None = 20
+    prior_input: bool = False
+    prior_temperature: float = 2.0
+    prior_logit_clip: float = 6.0
+    prior_correction_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.object_mode not in ("per_object", "joint"):
@@ -57,6 +70,13 @@ class PropagationModelConfig:
         if self.top_k is not None and self.top_k < 1:
             raise InputError(None, f"top_k must be >= 1 or None, got {self.top_k}",
                              "use 20 (paper) or null for the full softmax")
+        if self.prior_correction_limit is not None and self.prior_correction_limit <= 0:
+            raise InputError(None, f"prior_correction_limit must be > 0 or null, got "
+                             f"{self.prior_correction_limit}", "use e.g. 3.0, or null")
+        if self.prior_temperature <= 0 or self.prior_logit_clip <= 0:
+            raise InputError(None, f"prior_temperature and prior_logit_clip must be > 0, got "
+                             f"{self.prior_temperature}, {self.prior_logit_clip}",
+                             "use the defaults 2.0 and 6.0")
         if len(self.decoder_channels) != 3:
             raise InputError(None, f"decoder_channels needs 3 widths (strides 16, 8, 4), got "
                              f"{tuple(self.decoder_channels)}", "e.g. [512, 256, 256]")

@@ -38,19 +38,46 @@ class Decoder(nn.Module):
     """``forward(features, readout (B, O, Cv, h, w)) -> (B, O, out_channels, 16h, 16w)``."""
 
     def __init__(self, value_dim: int, key_channels: Sequence[int], widths: Sequence[int],
-                 out_channels: int) -> None:
+                 out_channels: int, prior_logit_clip: float | None = None,
+                 correction_limit: float | None = None) -> None:
         super().__init__()
         c4, c8, c16 = key_channels
         self.compress = FusionBlock(value_dim, c16, widths[0])
         self.up_16_8 = UpsampleBlock(c8, widths[0], widths[1])
         self.up_8_4 = UpsampleBlock(c4, widths[1], widths[2])
         self.predict = nn.Conv2d(widths[2], out_channels, 3, padding=1)
+        self.prior_logit_clip = prior_logit_clip
+        self.correction_limit = correction_limit
+        if prior_logit_clip is not None:
+            self.prior_16 = nn.Conv2d(out_channels, widths[0], 3, padding=1)
+            self.prior_4 = nn.Conv2d(out_channels, widths[2], 3, padding=1)
+            nn.init.zeros_(self.predict.weight)
+            nn.init.zeros_(self.predict.bias)
 
-    def forward(self, features: KeyFeatures, readout: torch.Tensor) -> torch.Tensor:
+    def _prior_features(self, conv: nn.Module, prior: torch.Tensor, stride: int
+                        ) -> torch.Tensor:
+        """(B, O, L, H, W) prior logits -> (B, O, C, H/stride, W/stride) features."""
+        pooled = F.avg_pool2d(prior.flatten(0, 1) / self.prior_logit_clip, stride)
+        out = conv(pooled)
+        return out.view(*prior.shape[:2], *out.shape[1:])
+
+    def forward(self, features: KeyFeatures, readout: torch.Tensor,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+        """``prior``: (B, O, out_channels, H, W) logits, only for a decoder built with
+        ``prior_logit_clip``."""
         batch, objects = readout.shape[:2]
         x = self.compress(readout, features.f16)
+        if prior is not None:
+            x = x + self._prior_features(self.prior_16, prior, 16)
         x = self.up_16_8(x, features.f8)
         x = self.up_8_4(x, features.f4)
+        if prior is not None:
+            x = x + self._prior_features(self.prior_4, prior, 4)
         logits = self.predict(F.relu(x.flatten(0, 1)))
         logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
-        return logits.view(batch, objects, *logits.shape[1:])
+        logits = logits.view(batch, objects, *logits.shape[1:])
+        if prior is None:
+            return logits
+        if self.correction_limit is not None:
+            logits = self.correction_limit * torch.tanh(logits / self.correction_limit)
+        return logits + prior

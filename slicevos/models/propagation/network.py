@@ -90,7 +90,9 @@ class PropagationNet(nn.Module):
                                           key_channels[2], cfg.value_dim, cfg.value_fuser_blocks,
                                           dict(cfg.value_backbone_kwargs))
         self.decoder = Decoder(cfg.value_dim, key_channels, cfg.decoder_channels,
-                               cfg.num_classes if self.joint else 1)
+                               cfg.num_classes if self.joint else 1,
+                               cfg.prior_logit_clip if cfg.prior_input else None,
+                               cfg.prior_correction_limit)
 
     def encode_key(self, images: torch.Tensor) -> KeyFeatures:
         """images (B, C, H, W) in [0, 1] -> :class:`KeyFeatures` (key at stride 16 + skips)."""
@@ -126,10 +128,20 @@ class PropagationNet(nn.Module):
         (``config.top_k`` at inference; None = full softmax, training)."""
         return memory.read_memory(query_key, memory_keys, memory_values, top_k)
 
-    def decode(self, features: KeyFeatures, readout: torch.Tensor) -> torch.Tensor:
+    def decode(self, features: KeyFeatures, readout: torch.Tensor,
+               prior: torch.Tensor | None = None) -> torch.Tensor:
         """readout (B, O, Cv, h, w) -> logits (B, O, H, W) per object, or (B, K, H, W) class
-        logits in joint mode (readout (B, 1, Cv, h, w))."""
-        logits = self.decoder(features, readout)
+        logits in joint mode (readout (B, 1, Cv, h, w)). ``prior``: for a network built with
+        ``prior_input`` (and only then), the flow prior of the slice in the shape of the
+        logits: signed distances in pixels, > 0 inside (see :class:`PropagationModelConfig`).
+        """
+        self._check_prior(features, readout, prior)
+        if prior is not None:
+            cfg = self.config
+            prior = (prior / cfg.prior_temperature).clamp(-cfg.prior_logit_clip,
+                                                          cfg.prior_logit_clip)
+            prior = prior.unsqueeze(1) if self.joint else prior.unsqueeze(2)
+        logits = self.decoder(features, readout, prior)
         return logits[:, 0] if self.joint else logits[:, :, 0]
 
     @staticmethod
@@ -140,10 +152,13 @@ class PropagationNet(nn.Module):
         return soft_aggregate(torch.sigmoid(object_logits))
 
     def forward_clip(self, images: torch.Tensor, first_masks: torch.Tensor,
-                     top_k: int | None = None) -> ClipOutput:
+                     top_k: int | None = None, priors: torch.Tensor | None = None
+                     ) -> ClipOutput:
         """Training forward on clips: images (B, T, C, H, W), first_masks (B, O, H, W) for
         frame 0 (joint: (B, K, H, W)). Frame t >= 1 is segmented from the memory of frames
-        0..t-1; frames >= 1 enter the memory with their predicted soft masks (not detached)."""
+        0..t-1; frames >= 1 enter the memory with their predicted soft masks (not detached).
+        ``priors`` (B, T-1, O or K, H, W): the flow priors of frames 1..T-1 (``prior_input``
+        networks only)."""
         if images.ndim != 5 or images.shape[1] < 2:
             raise InputError(None, f"forward_clip expects images of shape (B, T >= 2, C, H, W), "
                              f"got {tuple(images.shape)}", "stack the clip's slices on axis 1")
@@ -156,7 +171,8 @@ class PropagationNet(nn.Module):
         for t in range(1, frames):
             readout = self.read_memory(per_frame[t].key, keys[:, :, :t],
                                        torch.stack(values, dim=3), top_k)
-            decoded = self.decode(per_frame[t], readout)
+            decoded = self.decode(per_frame[t], readout,
+                                  None if priors is None else priors[:, t - 1])
             frame_logits = decoded if self.joint else self.aggregate(decoded)
             logits.append(frame_logits)
             object_logits.append(decoded)
@@ -168,9 +184,9 @@ class PropagationNet(nn.Module):
         return ClipOutput(stacked, stacked.softmax(dim=2), torch.stack(object_logits, dim=1))
 
     def forward(self, images: torch.Tensor, first_masks: torch.Tensor,
-                top_k: int | None = None) -> ClipOutput:
+                top_k: int | None = None, priors: torch.Tensor | None = None) -> ClipOutput:
         """Same as :meth:`forward_clip` (so DDP and hooks see the training forward)."""
-        return self.forward_clip(images, first_masks, top_k)
+        return self.forward_clip(images, first_masks, top_k, priors)
 
     def _check_images(self, images: torch.Tensor) -> None:
         check_inputs(images, None, self.output_stride, "PropagationNet", needs_positions=False)
@@ -178,6 +194,26 @@ class PropagationNet(nn.Module):
             raise InputError(None, f"PropagationNet was built for {self.in_channels} image "
                              f"channels, got {images.shape[1]}", "pass the windowed slices "
                              "(B, C, H, W) or rebuild with in_channels=C")
+
+    def _check_prior(self, features: KeyFeatures, readout: torch.Tensor,
+                     prior: torch.Tensor | None) -> None:
+        if self.config.prior_input and prior is None:
+            raise InputError(None, "this STCN is flow-guided (model.prior_input: true) and "
+                             "needs the flow engine's prior for every slice it segments",
+                             "run it with --propagator guided (or fused), which supplies it")
+        if not self.config.prior_input and prior is not None:
+            raise InputError(None, "this STCN takes no prior (model.prior_input: false)",
+                             "drop the prior, or train a flow-guided network")
+        if prior is None:
+            return
+        size = tuple(features.f4.shape[-2:])
+        channels = self.num_classes if self.joint else readout.shape[1]
+        expected = (readout.shape[0], channels, size[0] * 4, size[1] * 4)
+        if tuple(prior.shape) != expected:
+            raise InputError(None, f"the prior must have shape {expected} (B, "
+                             f"{'K' if self.joint else 'O'}, H, W), got {tuple(prior.shape)}",
+                             "one signed-distance map per object (per class in joint mode) "
+                             "at the padded image size")
 
     def _check_masks(self, images: torch.Tensor, masks: torch.Tensor, name: str,
                      objects: int | None = None) -> None:
