@@ -1,7 +1,7 @@
 """slicevos-label: label a CT in the browser from a few drawn slices.
 
     slicevos-label SCAN [--labels start.nii.gz] [--out labels.nii.gz] [--schema flare22]
-                   [--propagation prop.pt [--propagator stcn|fused]] [--port 8765] [--open]
+                   [--propagation prop.pt [--propagator stcn|guided|fused]] [--port 8765] [--open]
 
 SCAN is a NIfTI file or a DICOM series folder. The server binds 127.0.0.1 (``--host``
 changes that, with a warning) and prints the page's URL with a random access token. Draw on
