@@ -200,14 +200,15 @@ class ClipDataset(AugmentedDataset):
         if not self.config.flow_prior or self.config.prior_through == "frames":
             return list(key.frames)
         first, last = key.frames[0], key.frames[-1]
-        return list(range(first, last + (1 if last >= first else -1), 1 if last >= first else -1))
+        step = 1 if last >= first else -1
+        return list(range(first, last + step, step))
 
-    def _attempt(self, key: ClipKey, pipeline: Any, seed: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Augment every slice of :meth:`_slices` with ``seed`` and crop them all with one
-        window: image uint8 (S, C, h, w) and labels uint8 (S, h, w)."""
+    def _attempt(self, key: ClipKey, slices: Sequence[int], pipeline: Any, seed: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Augment every slice of ``slices`` (:meth:`_slices`) with ``seed`` and crop them all
+        with one window: image uint8 (S, C, h, w) and labels uint8 (S, h, w)."""
         frames = [augment_slice(pipeline, *self.cache.slice(key.case_id, z), seed)
-                  for z in self._slices(key)]
+                  for z in slices]
         first = frames[0][1]
         center = foreground_center(np.where(np.isin(first, key.object_ids), first, 0), rng)
         channels = frames[0][0].shape[0]
@@ -220,10 +221,12 @@ class ClipDataset(AugmentedDataset):
         if not isinstance(key, ClipKey):
             key = self.key(*key)
         rng = np.random.default_rng(key.seed)
+        slices = self._slices(key)
+        at = [slices.index(z) for z in key.frames]  # the frames' rows of the slices read
         for attempt in range(AUGMENT_ATTEMPTS):
             pipeline = self._pipeline if attempt < AUGMENT_ATTEMPTS - 1 else None
-            path, path_labels = self._attempt(key, pipeline, int(rng.integers(SEED_BOUND)), rng)
-            at = [self._slices(key).index(z) for z in key.frames]  # the frames' rows
+            path, path_labels = self._attempt(key, slices, pipeline,
+                                              int(rng.integers(SEED_BOUND)), rng)
             image, labels = path[at], path_labels[at]
             areas = {k: int((labels[0] == k).sum()) for k in key.object_ids}
             kept = [k for k in key.object_ids if areas[k] >= self.config.min_object_pixels]

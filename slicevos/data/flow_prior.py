@@ -47,12 +47,11 @@ def clip_flow_prior(images: np.ndarray, first_masks: np.ndarray, settings: FlowS
     grid = identity_map(height, width)
     mapping = grid
     priors = np.empty((len(at), len(distances), height, width), np.float32)
-    maps = {0: grid}
-    for t in range(1, max(at, default=0) + 1):
-        mapping = compose(mapping, flow(grey[t], grey[t - 1]), grid)
-        maps[t] = mapping
-    for row, t in enumerate(at):
-        for o, distance in enumerate(distances):
-            priors[row, o] = cv2.remap(distance, maps[t], None, cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=-clip)
+    for t in range(max(at, default=0) + 1):
+        if t > 0:
+            mapping = compose(mapping, flow(grey[t], grey[t - 1]), grid)
+        for row in (row for row, wanted in enumerate(at) if wanted == t):
+            for o, distance in enumerate(distances):
+                priors[row, o] = cv2.remap(distance, mapping, None, cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_CONSTANT, borderValue=-clip)
     return priors

@@ -37,9 +37,11 @@ import torch
 
 from slicevos.errors import InputError
 from slicevos.inference.box_scores import BoxScores
+from slicevos.inference.checkpoints import load_with_windows
 from slicevos.inference.flow import FlowConfig, FlowPasses, FlowPropagator
 from slicevos.inference.propagation import Propagator, StcnPasses, load_propagation_net
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
+from slicevos.preprocessing.padding import pad_to_multiple
 from slicevos.preprocessing.windowing import Window
 
 ENGINES = ("flow", "stcn", "guided", "fused")
@@ -145,8 +147,9 @@ class GuidedPasses(NetworkAndFlowPasses):
             if flow_z != z:
                 raise RuntimeError(f"flow pass at slice {flow_z}, STCN pass at {z}")
             current[z] = warped
-            return prior_on_network_channels(warped.scores, self.joint_classes,
-                                             session.object_ids, self.floor)
+            prior_z = prior_on_network_channels(warped.scores, self.joint_classes,
+                                                session.object_ids, self.floor)
+            return pad_to_multiple(prior_z, self.stcn.net.output_stride, value=self.floor)
 
         for z, learned in self.stcn.run_pass(start, other, slices, prior):
             warped = current.pop(z)
@@ -230,8 +233,8 @@ class FusedPasses(NetworkAndFlowPasses):
 def checkpoint_engine(checkpoint: str | PathLike) -> str:
     """The engine a propagation checkpoint runs as when none is named: ``guided`` for a
     flow-guided network, else ``stcn``."""
-    net, _ = load_propagation_net(checkpoint)
-    return "guided" if net.config.prior_input else "stcn"
+    payload, _ = load_with_windows(checkpoint, "propagation", "slicevos-train-propagation")
+    return "guided" if payload["config"]["model"].get("prior_input", False) else "stcn"
 
 
 def build_propagator(name: str, checkpoint: str | PathLike | None = None,

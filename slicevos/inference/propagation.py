@@ -152,8 +152,8 @@ class StcnPasses(PassEngine):
                  ) -> Iterator[tuple[int, PassOutput]]:
         """Keys ``start`` and ``other`` in memory; probabilities (L, H, W) float32, L = O + 1
         (per_object) or K (joint). ``prior(z)``: the flow prior of slice ``z`` for a
-        flow-guided network, (O or K, H, W) signed distances (asked once per slice, in pass
-        order, before the slice is decoded); its passes score in the prior's units instead
+        flow-guided network, (O or K, H', W') signed distances at the size padded to the
+        network's stride (asked once per slice, in pass order, before the slice is decoded); its passes score in the prior's units instead
         (:meth:`_distance_scores`), so that the session mixes the two directions as it
         mixes the flow engine's."""
         net, every, stats = self.net, self.propagator.memory_every, self.session.stats
@@ -165,7 +165,8 @@ class StcnPasses(PassEngine):
             features = self._features(z, slices)
             readout = net.read_memory(features.key, *bank.stacked(), net.config.top_k)
             decoded = (net.decode(features, readout) if prior is None
-                       else net.decode(features, readout, self._padded_prior(prior(z))))
+                       else net.decode(features, readout, prior(z).to(
+                           self.propagator.device, self.propagator.compute_dtype)[None]))
             probs = self.mode.probabilities(net, decoded)
             scores = probs[0] if prior is None else self._distance_scores(decoded[0])
             yield z, PassOutput(crop_to(scores, self.session.height, self.session.width))
@@ -183,11 +184,6 @@ class StcnPasses(PassEngine):
             logits = torch.cat([torch.zeros_like(logits[:1]), logits])
         return logits.float() * scale
 
-    def _padded_prior(self, prior: torch.Tensor) -> torch.Tensor:
-        """(L, H, W) signed distances -> (1, L, H', W') on the device, padded far outside."""
-        prior = prior.to(self.propagator.device, self.propagator.compute_dtype)[None]
-        floor = float(prior.amin()) if prior.numel() else 0.0
-        return pad_to_multiple(prior, self.net.output_stride, value=min(floor, 0.0))
 
     def _key_value(self, z: int) -> torch.Tensor:
         """Memory value of key slice ``z`` (cached): (O, Cv, h, w) for the current objects
