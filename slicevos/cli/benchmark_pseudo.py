@@ -5,11 +5,14 @@ each member set) and the true DSC of the fused pseudo-label (plurality vote of t
 members) against ground truth. Per member set: Spearman and Kendall between score and true DSC
 over volumes; the true DSC of the accepted vs the rejected volumes under the acceptance rule
 (--top-fraction / --threshold); precision and recall of "true DSC >= X" among the accepted;
-the same for a few other rules; and the mean per pool condition.
+the same for a few other rules; the true DSC of the organs kept and dropped by a few per-organ
+cutoffs; and the mean per pool condition.
 
 Ground truth (the members only ever see the images): ``--pool POOL`` a spread pool
 (``slicevos.pseudo.spread``; ``--pool-config YAML`` writes it first), truth in POOL/truth/;
-``--phantoms DATASET`` regenerates the phantoms of a slicevos-make-phantoms folder;
+(``--pool`` / ``--pool-config`` repeat: several pools, paired in order, scored as one set; give
+their conditions distinct ``prefix`` es so case ids do not clash); ``--phantoms DATASET``
+regenerates the phantoms of a slicevos-make-phantoms folder;
 ``--real DIR`` reads ``DIR/<case>/label_flare.nii.gz`` (cases with >= --min-slices slices).
 Several sources may be combined. With ``--checkpoints`` the folder is first generated
 (resumable) from the sources' unlabeled images, with every network of --networks and every
@@ -38,7 +41,7 @@ from slicevos.errors import InputError
 from slicevos.io.atomic import atomic_write_bytes
 from slicevos.io.nifti import load_labels
 from slicevos.metrics.overlap import dice_per_class
-from slicevos.pseudo.consensus import VARIANTS, consensus_score, fuse_members
+from slicevos.pseudo.consensus import DEFAULT_VARIANT, VARIANTS, consensus_score, fuse_members
 from slicevos.pseudo.filtering import FilterConfig, score_cutoff
 from slicevos.pseudo.folder import complete_case_dirs, load_members, read_case_record
 from slicevos.pseudo.spread import TRUTH_DIR, load_spread_config, pool_conditions, write_pool
@@ -46,6 +49,7 @@ from slicevos.pseudo.spread import TRUTH_DIR, load_spread_config, pool_condition
 REAL_IMAGE, REAL_LABELS = "ct.nii.gz", "label_flare.nii.gz"
 OTHER_RULES = (FilterConfig(top_fraction=0.25), FilterConfig(top_fraction=0.5),
                FilterConfig(top_fraction=0.75))
+ORGAN_CUTOFFS = (0.3, 0.5, 0.7)
 Truth = Callable[[str], "tuple[np.ndarray, bool] | None"]  # case -> (labels, only truth classes)
 
 
@@ -92,10 +96,8 @@ def _truth_sources(args: argparse.Namespace) -> list[Truth]:
         seeds, config = phantom_seeds(Path(args.phantoms))
         sources.append(lambda c: (make_phantom(seeds[c], config).labels, False) if c in seeds
                        else None)
-    if args.pool:
-        truth_dir = Path(args.pool) / TRUTH_DIR
-        sources.append(lambda c: (load_labels(truth_dir / f"{c}.nii.gz")[0], False)
-                       if (truth_dir / f"{c}.nii.gz").is_file() else None)
+    for pool in args.pool or ():
+        sources.append(_pool_truth(Path(pool) / TRUTH_DIR))
     if args.real:
         root = Path(args.real)
         sources.append(lambda c: (load_labels(root / c / REAL_LABELS)[0], True)
@@ -103,12 +105,17 @@ def _truth_sources(args: argparse.Namespace) -> list[Truth]:
     return sources
 
 
+def _pool_truth(truth_dir: Path) -> Truth:
+    return lambda c: ((load_labels(truth_dir / f"{c}.nii.gz")[0], False)
+                      if (truth_dir / f"{c}.nii.gz").is_file() else None)
+
+
 def _generation_cases(args: argparse.Namespace, schema) -> list:  # noqa: ANN001
     from slicevos.io.loader import load_volume
     from slicevos.pseudo.generation import PseudoCase, cases_from_inputs
 
-    cases = cases_from_inputs([d for d in (args.phantoms, args.pool) if d], schema) if (
-        args.phantoms or args.pool) else []
+    folders = [d for d in (args.phantoms, *(args.pool or ())) if d]
+    cases = cases_from_inputs(folders, schema) if folders else []
     if args.real:
         root = Path(args.real)
         cases += [PseudoCase(d.name, d / REAL_IMAGE) for d in sorted(root.iterdir())
@@ -172,7 +179,7 @@ def score_cases(args: argparse.Namespace) -> dict[str, list[dict]]:
     (class, consensus, DSC) pairs, condition (spread pool cases) or ``""``."""
     sources = _truth_sources(args)
     sets = parse_member_sets(args.member_set)
-    conditions = pool_conditions(args.pool) if args.pool else {}
+    conditions = {c: k for pool in args.pool or () for c, k in pool_conditions(pool).items()}
     rows: dict[str, list[dict]] = {name: [] for name in sets}
     for case_dir in complete_case_dirs(args.pseudo_dir):
         record = read_case_record(case_dir)
@@ -211,6 +218,20 @@ def acceptance(rows: list[dict], config: FilterConfig, good: float) -> dict[str,
             "recall": hits / int(is_good.sum()) if is_good.any() else float("nan")}
 
 
+def organ_lines(pairs: list[tuple[int, float, float]]) -> list[str]:
+    """Per-organ cutoffs (``filter.organ_threshold``): true DSC of the organs kept (consensus
+    >= t) and of those left unannotated, over every (case, organ) pair."""
+    score = np.array([a for _, a, _ in pairs])
+    dice = np.array([b for _, _, b in pairs])
+    lines = [f"   {'organ cutoff':<16} {'kept':>5} {'DSC kept':>8} {'dropped':>7} {'DSC drop':>8}"]
+    for cutoff in ORGAN_CUTOFFS:
+        kept = score >= cutoff
+        mean = lambda m: float(dice[m].mean()) if m.any() else float("nan")  # noqa: E731
+        lines.append(f"   {cutoff:<16g} {int(kept.sum()):>5} {mean(kept):>8.4f} "
+                     f"{int((~kept).sum()):>7} {mean(~kept):>8.4f}")
+    return lines
+
+
 def report_set(name: str, rows: list[dict], rule: FilterConfig, good: float) -> list[str]:
     score = [r["consensus"] for r in rows]
     true = [r["true_dice"] for r in rows]
@@ -233,7 +254,7 @@ def report_set(name: str, rows: list[dict], rule: FilterConfig, good: float) -> 
                      f"{a['accepted']:>4} {a['rejected']:>4} {a['dice_accepted']:>8.4f} "
                      f"{a['dice_rejected']:>8.4f} {a['dice_accepted'] - a['dice_rejected']:>7.4f} "
                      f"{a['precision']:>5.2f} {a['recall']:>6.2f}")
-    return lines
+    return lines + organ_lines(pairs)
 
 
 def _condition_table(rows: list[dict]) -> list[str]:
@@ -277,9 +298,12 @@ def _write_csv(path: str, rows: dict[str, list[dict]]) -> None:
 
 def _body(args: argparse.Namespace) -> int:
     if args.pool_config:
-        if not args.pool:
-            raise InputError("--pool-config", "no --pool folder to write", "add --pool DIR")
-        write_pool(load_spread_config(args.pool_config), args.pool, progress=False)
+        if len(args.pool_config) != len(args.pool or ()):
+            raise InputError("--pool-config", f"{len(args.pool_config)} pool config(s) for "
+                             f"{len(args.pool or ())} --pool folder(s)",
+                             "give one --pool DIR per --pool-config YAML, in the same order")
+        for config, pool in zip(args.pool_config, args.pool, strict=True):
+            write_pool(load_spread_config(config), pool, progress=False)
     if not (args.phantoms or args.real or args.pool):
         raise InputError(None, "no ground truth source", "give --pool, --phantoms and/or --real")
     if args.checkpoints:
@@ -298,8 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pseudo_dir", help="pseudo-label folder (generation output; with "
                         "--checkpoints it is generated first)")
-    parser.add_argument("--pool", help="spread pool folder (slicevos.pseudo.spread)")
-    parser.add_argument("--pool-config", help="write --pool from this YAML first, e.g. "
+    parser.add_argument("--pool", action="append", help="spread pool folder "
+                        "(slicevos.pseudo.spread); repeatable")
+    parser.add_argument("--pool-config", action="append", help="write the --pool of the same "
+                        "position from this YAML first (repeatable), e.g. "
                         "configs/rounds/spread_pool.yaml")
     parser.add_argument("--phantoms", help="slicevos-make-phantoms folder the cases come from")
     parser.add_argument("--real", help="folder of <case>/ct.nii.gz + label_flare.nii.gz")
@@ -316,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--member-set", action="append", metavar="NAME=M1,M2,...",
                         help="score this subset of members (repeatable; default all members)")
-    parser.add_argument("--variant", default="dice_mean", choices=VARIANTS)
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS)
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument("--top-fraction", type=float, default=0.5,
                       help="acceptance rule: the best fraction of volumes (default 0.5)")

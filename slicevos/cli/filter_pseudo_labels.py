@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from slicevos.cli.common import run_cli
-from slicevos.pseudo.consensus import VARIANTS
+from slicevos.pseudo.consensus import DEFAULT_VARIANT, VARIANTS
 from slicevos.pseudo.dataset_writer import check_output_dir, write_accepted_dataset
 from slicevos.pseudo.filtering import Decision, FilterConfig, select_cases, volume_cutoff
 from slicevos.pseudo.folder import score_pseudo_folder
@@ -62,12 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-organ", action="store_true",
                         help="keep the confident organs of rejected volumes as partial labels")
     parser.add_argument("--organ-threshold", type=float,
-                        help="per-organ score to keep an organ (default: the volume cutoff)")
+                        help="keep only the organs scoring >= T in every accepted case, the "
+                        "others unannotated (with --per-organ also in rejected cases, where "
+                        "the default is the volume cutoff)")
     parser.add_argument("--min-organs", type=int, default=1,
                         help="organs a case must keep to be accepted (default 1)")
-    parser.add_argument("--variant", choices=VARIANTS, default="dice_mean",
-                        help="consensus score (default dice_mean; paper_iou_majority = the "
-                        "paper code's IoU against the majority vote)")
+    parser.add_argument("--variant", choices=VARIANTS, default=DEFAULT_VARIANT,
+                        help="consensus score (default fused_dice_3d; dice_mean = DESIGN.md's "
+                        "per-slice formula; paper_iou_majority = the paper code's IoU against "
+                        "the majority vote)")
     parser.add_argument("--base-dataset", help="dataset folder whose labeled cases are included "
                         "and whose other unlabeled cases go to unlabeled/")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DATASET")

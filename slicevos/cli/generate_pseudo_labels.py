@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from slicevos.cli.common import run_cli
-from slicevos.pseudo.consensus import VARIANTS
+from slicevos.pseudo.consensus import DEFAULT_VARIANT, VARIANTS
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tta", nargs="*", default=[], choices=("flip_lr", "flip_ud"),
                         help="flips run as extra members of every checkpoint (only for networks "
                         "trained with mirroring)")
-    parser.add_argument("--variant", default="dice_mean", choices=VARIANTS,
-                        help="consensus score stored in case.json (default dice_mean; "
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS,
+                        help="consensus score stored in case.json (default fused_dice_3d; "
                         "slicevos-filter-pseudo-labels rescores for another variant)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")

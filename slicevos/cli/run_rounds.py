@@ -41,12 +41,16 @@ class ModelSteps:
 
         held_out = ", ".join(self.config.validation.cases)
         path = Path(self.config.reference_config)
+        warm = []
+        if self.config.members.warm_start and ctx.round >= 2:
+            previous = ctx.dir.parent / f"round_{ctx.round - 1:02d}" / "members" / f"seed{seed}"
+            warm = [f"train.init_weights={(previous / 'last.pt').absolute()}"]
         config = load_config(path, ReferenceConfig, assignments=[
             *self.config.train_overrides, f"schema={self.config.schema}",
             f"data.cache_dir={ctx.cache}", f"data.val_cases=[{held_out}]", "data.val_fraction=0",
             f"data.seed={seed}", f"train.seed={seed}", f"train.out_dir={ctx.member_dir(seed)}",
             f"train.device={self.device.type}",
-            *(["cps.mode=supervised"] if ctx.round == 0 else [])])  # round 0: labeled only
+            *(["cps.mode=supervised"] if ctx.round == 0 else []), *warm])  # round 0: labeled only
         return resolve_relative_augment(config, path)
 
     def _members(self, ctx: RoundContext) -> list[Any]:

@@ -4,10 +4,14 @@ The output is the FLARE layout read by :mod:`slicevos.data.dataset_folder`:
 
 - ``imagesTr/<case>_0000.nii.gz`` (``.nii`` kept as is; a DICOM series as the folder
   ``imagesTr/<case>/``): a symlink to the source image (a copy where links fail);
-- ``labelsTr/<case>.nii.gz``: the fused pseudo-label (copied), or for a partially accepted case
-  the fused label with only its confident organs kept (others -> 0);
-- ``annotations.yaml``: ``case: [class ids]`` for partially labeled cases (the base dataset's
-  partial cases included); whole volumes are fully annotated and not listed;
+- ``labelsTr/<case>.nii.gz``: the fused pseudo-label, or for a partially accepted case the
+  fused label with only its confident organs kept (others -> 0);
+- ``annotations.yaml``: ``case: [class ids]`` for every labeled case that does not annotate
+  every class (the base dataset's partial cases included). An accepted pseudo-label annotates
+  only the classes its file contains: an organ that the members did not find (or that lost the
+  vote everywhere) is *unannotated*, not background, so the partial-label loss does not teach
+  the next round that the organ is absent (on the quality-spread phantoms the tiny members miss
+  the adrenal glands in every volume);
 - ``unlabeled/``: every other known image (base unlabeled + rejected pseudo cases), symlinked;
 - ``scores.csv`` and ``scores_histogram.png`` (see :mod:`slicevos.pseudo.report`).
 
@@ -105,17 +109,22 @@ def _add_image(root: Path, folder: str, case_id: str, image: Path, where: Path) 
     link_or_copy(image, root / folder / image_name(case_id, image))
 
 
-def _add_pseudo_label(root: Path, record: CaseRecord, decision: Decision) -> None:
+def _add_pseudo_label(root: Path, record: CaseRecord, decision: Decision) -> tuple[int, ...]:
+    """Write the case's label file; returns the classes it annotates (those of
+    ``decision.class_ids`` that the fused label contains)."""
     dest = root / LABELS_DIR / f"{record.case_id}.nii.gz"
     if not record.label_path.is_file():
         raise InputError(record.label_path, "fused pseudo-label missing although case.json marks "
                          "the case complete", "rerun generation for this case")
+    labels, geometry = load_labels(record.label_path, schema=record.schema)
+    in_file = set(np.unique(labels).tolist())
+    annotated = tuple(c for c in decision.class_ids if c in in_file)
     if not decision.partial:
         shutil.copyfile(record.label_path, dest)
-        return
-    labels, geometry = load_labels(record.label_path, schema=record.schema)
-    kept = np.where(np.isin(labels, decision.class_ids), labels, 0).astype(np.uint8)
+        return annotated
+    kept = np.where(np.isin(labels, annotated), labels, 0).astype(np.uint8)
     save_labels(kept, geometry, dest)
+    return annotated
 
 
 def _build(root: Path, decisions: Sequence[Decision], records: dict[str, CaseRecord],
@@ -134,9 +143,9 @@ def _build(root: Path, decisions: Sequence[Decision], records: dict[str, CaseRec
     for d in tqdm([d for d in decisions if d.accepted], desc="accepted", unit="case"):
         record = records[d.case_id]
         _add_image(root, IMAGES_DIR, d.case_id, record.image, record.case_dir)
-        _add_pseudo_label(root, record, d)
-        if d.partial:
-            annotations[d.case_id] = list(d.class_ids)
+        annotated = _add_pseudo_label(root, record, d)
+        if annotated != schema.ids:
+            annotations[d.case_id] = list(annotated)
         labeled.add(d.case_id)
     unlabeled = {c.case_id: (c.image_path, c.image_path)
                  for c in base_cases if c.split == "unlabeled"}

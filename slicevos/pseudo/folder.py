@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from slicevos.errors import InputError, warn_input
 from slicevos.io.labels import LabelSchema, get_schema
-from slicevos.pseudo.consensus import ConsensusScore, consensus_score
+from slicevos.pseudo.consensus import DEFAULT_VARIANT, ConsensusScore, consensus_score
 
 MEMBERS_FILE = "members.npz"
 PSEUDO_LABEL_FILE = "pseudo_label.nii.gz"
@@ -136,7 +136,7 @@ def complete_case_dirs(pseudo_dir: str | PathLike) -> list[Path]:
 
 
 def score_pseudo_folder(
-    pseudo_dir: str | PathLike, variant: str = "dice_mean", slices: str = "union"
+    pseudo_dir: str | PathLike, variant: str = DEFAULT_VARIANT, slices: str = "union"
 ) -> list[CaseScore]:
     """Consensus of every complete case, sorted by case id. The stored score is used when its
     variant and slice rule match; otherwise it is recomputed from ``members.npz``."""

@@ -43,7 +43,7 @@ from slicevos.io.labels import LabelSchema
 from slicevos.io.loader import load_volume
 from slicevos.io.nifti import is_nifti, save_labels, strip_nifti_suffix
 from slicevos.io.volume import Volume
-from slicevos.pseudo.consensus import consensus_score, fuse_members
+from slicevos.pseudo.consensus import DEFAULT_VARIANT, consensus_score, fuse_members
 from slicevos.pseudo.folder import CASE_FILE, MEMBERS_FILE, PSEUDO_LABEL_FILE
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def write_case(out_dir: Path, settings: dict[str, Any], member_labels: np.ndarra
 def generate_pseudo_labels(
     cases: Sequence[PseudoCase], predict: Callable[[Volume], np.ndarray],
     members: list[dict[str, Any]], out_dir: str | PathLike, schema: LabelSchema,
-    variant: str = "dice_mean", rank: int = 0, world_size: int = 1, progress: bool = True,
+    variant: str = DEFAULT_VARIANT, rank: int = 0, world_size: int = 1, progress: bool = True,
 ) -> GenerationSummary:
     """Pseudo-label this rank's shard of ``cases`` into ``out_dir`` (resumable; module doc).
 

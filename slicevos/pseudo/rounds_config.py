@@ -21,12 +21,15 @@ class MemberSettings:
     each also run with the TTA flips as extra members (useful only for networks trained with
     mirroring). Default: both networks of each checkpoint, no flips (README, "Pseudo-label
     rounds": on the quality-spread benchmark it ranks as well as the other reference-only
-    sets and is the paper's "different models")."""
+    sets and is the paper's "different models"). ``warm_start``: from round 2 on, each member
+    starts from the weights of the previous round's member of its seed (a fresh optimizer and
+    schedule over the round's data) instead of from random weights."""
 
     seeds: tuple[int, ...] = (0, 1)
     tta: tuple[str, ...] = ()
     batch_size: int = 8
     networks: tuple[str, ...] = ("a", "b")
+    warm_start: bool = False
 
     @property
     def count(self) -> int:

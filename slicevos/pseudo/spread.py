@@ -9,10 +9,15 @@ factor: 1 = default, 0.3 = flat) and ``tumors`` (a tumor load; the truth then co
 voxels as the host organ, since a FLARE22 model has no tumor class). ::
 
     POOL/imagesTr/, labelsTr/      labeled cases at the base config (``labeled``)
-    POOL/unlabeled/<case>_0000.nii.gz  one per (condition, seed); case id ``<condition>_<k>``
+    POOL/unlabeled/<case>_0000.nii.gz  one per (condition, seed); case id
+                                   ``<prefix><condition>_<k>``
     POOL/truth/<case>.nii.gz       ground truth of the unlabeled cases (scoring only: the
                                    dataset readers never look at this folder)
     POOL/spread.json               case -> condition, seed, PhantomConfig (written last)
+
+With ``split: labeled`` the condition cases go to ``imagesTr/`` + ``labelsTr/`` instead (the
+label is the truth): a labeled validation set spread like the archive it stands for, so that
+a model is judged on the conditions its unlabeled pool holds, not only on clean scans.
 
 Rerunning with the same config keeps the cases already written.
 """
@@ -41,6 +46,7 @@ from slicevos.io.atomic import atomic_write_bytes
 from slicevos.io.nifti import save_labels
 
 TRUTH_DIR, MANIFEST = "truth", "spread.json"
+SPLITS = ("unlabeled", "labeled")
 EXTRA_KEYS = ("contrast", "tumors")
 _TUMOR_LOAD = {"with_tumors": True, "tumor_probability": 1.0}
 _SOFT_TISSUE_HU = 45.0
@@ -48,13 +54,22 @@ _SOFT_TISSUE_HU = 45.0
 
 @dataclass(frozen=True)
 class SpreadConfig:
-    """``base``: PhantomConfig fields; ``conditions``: name -> overrides (module doc)."""
+    """``base``: PhantomConfig fields; ``conditions``: name -> overrides; ``split``: where the
+    condition cases go, ``unlabeled`` (image in unlabeled/, truth in truth/) or ``labeled``
+    (imagesTr/ + labelsTr/); ``labeled``: extra labeled cases at the base config; ``prefix``
+    starts every condition case id (pools scored together need distinct ids) (module doc)."""
 
     base: dict[str, Any] = field(default_factory=dict)
     conditions: dict[str, dict[str, Any]] = field(default_factory=lambda: {"clean": {}})
     seeds_per_condition: int = 2
     labeled: int = 0
     seed: int = 0
+    split: str = "unlabeled"
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise InputError(None, f"split {self.split!r} is unknown", f"use one of {list(SPLITS)}")
 
 
 def load_spread_config(path: str | PathLike) -> SpreadConfig:
@@ -104,7 +119,8 @@ def plan_pool(config: SpreadConfig) -> list[PoolCase]:
     for name in config.conditions:
         phantom = condition_config(config, name)
         for k in range(config.seeds_per_condition):
-            cases.append(PoolCase(f"{name}_{k}", name, case_seed(config.seed, "unlabeled", index),
+            cases.append(PoolCase(f"{config.prefix}{name}_{k}", name,
+                                  case_seed(config.seed, "unlabeled", index),
                                   phantom))
             index += 1
     return cases
@@ -114,6 +130,13 @@ def _truth(case: PoolCase):  # noqa: ANN202 - (labels, geometry)
     """Labels without tumors (same anatomy: tumors have their own generator) and geometry."""
     clean = make_phantom(case.seed, replace(case.config, with_tumors=False))
     return clean.labels, clean.geometry
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A written manifest, its config completed with the defaults of fields added since."""
+    manifest = json.loads(path.read_text())
+    manifest["config"] = config_to_dict(from_dict(SpreadConfig, manifest["config"], str(path)))
+    return manifest
 
 
 def write_pool(config: SpreadConfig, out_dir: str | PathLike, progress: bool = True) -> Path:
@@ -126,7 +149,7 @@ def write_pool(config: SpreadConfig, out_dir: str | PathLike, progress: bool = T
                 "cases": {c.case_id: {"condition": c.condition, "seed": c.seed,
                                       "phantom": config_to_dict(c.config)} for c in cases}}
     old = root / MANIFEST
-    if old.is_file() and json.loads(old.read_text()) != manifest:
+    if old.is_file() and _read_manifest(old) != manifest:
         raise InputError(old, "the pool was written with another config",
                          "delete the folder or choose another one")
     base = from_dict(PhantomConfig, dict(config.base), "spread base")
@@ -139,9 +162,11 @@ def write_pool(config: SpreadConfig, out_dir: str | PathLike, progress: bool = T
             phantom = make_phantom(case_seed(config.seed, "labeled", i), base)
             save_labels(phantom.labels, phantom.geometry, label)
             save_ct(phantom.hu, phantom.geometry, image)
+    image_dir, truth_dir = ((UNLABELED_DIR, TRUTH_DIR) if config.split == "unlabeled"
+                            else (IMAGES_DIR, LABELS_DIR))
     for case in tqdm(cases, desc="spread pool", unit="case", disable=not progress):
-        image = root / UNLABELED_DIR / f"{case.case_id}_0000.nii.gz"
-        truth = root / TRUTH_DIR / f"{case.case_id}.nii.gz"
+        image = root / image_dir / f"{case.case_id}_0000.nii.gz"
+        truth = root / truth_dir / f"{case.case_id}.nii.gz"
         if image.is_file() and truth.is_file():
             continue
         phantom = make_phantom(case.seed, case.config)

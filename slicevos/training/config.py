@@ -59,6 +59,9 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient
     sync_batchnorm: bool = False  # DDP on CUDA: BatchNorm statistics over all ranks' batches
     progress: bool = True  # tqdm bar (rank 0 only)
+    # a checkpoint of the same kind whose weights start a fresh run (fine-tuning: optimizer,
+    # schedule and step start anew); not used when resuming (last.pt has the weights)
+    init_weights: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:

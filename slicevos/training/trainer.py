@@ -168,6 +168,8 @@ class Trainer:
         elif last.exists():
             raise InputError(last, "the output folder already holds a training run",
                              "pass --resume to continue it, or choose another out_dir")
+        elif cfg.init_weights is not None:
+            self._init_weights(Path(cfg.init_weights))
         if self.dist.is_main:
             save_config(self.config, self.out_dir / "config.yaml")
         self.logger = MetricsLogger(self.out_dir, enabled=self.dist.is_main, start_step=self.step)
@@ -287,6 +289,16 @@ class Trainer:
             extra=self.state_dict_extra(), **(full_state or {}))
         path = save_checkpoint(self.out_dir / name, payload)
         self.on_checkpoint(path)
+
+    def _init_weights(self, path: Path) -> None:
+        """Start from the weights of checkpoint ``path`` (``train.init_weights``)."""
+        payload = load_checkpoint(path, map_location=self.device, kind=self.kind)
+        try:
+            self.module.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise InputError(path, f"its weights do not fit this model ({first})",
+                             "give train.init_weights a checkpoint of the same model config") from None
 
     def _restore(self, path: Path) -> dict[str, Any] | None:
         """Load ``last.pt`` into model, optimizer, schedule, scaler, step and best; return this

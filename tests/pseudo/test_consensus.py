@@ -23,7 +23,7 @@ def test_two_members_one_slice_both_variants():
     labels = members([[[1, 1, 0, 0]]], [[[1, 0, 0, 0]]])
     dsc_m0 = 2 * (1 + 0.5) / (2 + 1.5)        # 6/7
     dsc_m1 = 2 * 1 / (1 + 1.5)                # 0.8
-    score = consensus_score(labels, [1])
+    score = consensus_score(labels, [1], variant="dice_mean")
     assert score.per_class[1] == pytest.approx((dsc_m0 + dsc_m1) / 2)
     assert score.volume == pytest.approx((dsc_m0 + dsc_m1) / 2)
     # majority (> M/2 = 1 vote, so both) = [1 0 0 0]: IoU m0 = 1/2, m1 = 1/1
@@ -39,8 +39,9 @@ def test_empty_slice_rules_union_and_all():
     labels = members(m0, m1)
     # slice 1: mean mask = [.5, 0]; m0: 2*.5/(1+.5) = 2/3; m1 empty vs non-empty mean -> 0
     # slice 2: both empty -> 1 for each member (counted only with slices="all")
-    assert consensus_score(labels, [1]).per_class[1] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
-    assert consensus_score(labels, [1], slices="all").per_class[1] == pytest.approx(
+    assert consensus_score(labels, [1], "dice_mean").per_class[1] == pytest.approx(
+        (1 + 1 + 2 / 3 + 0) / 4)
+    assert consensus_score(labels, [1], "dice_mean", slices="all").per_class[1] == pytest.approx(
         (1 + 1 + 2 / 3 + 0 + 1 + 1) / 6)
     # paper: slice 1 majority (needs 2 votes) is empty: m0 non-empty -> 0, m1 empty -> 1
     paper = consensus_score(labels, [1], variant="paper_iou_majority")
@@ -57,7 +58,7 @@ def test_three_members_per_class_and_absent_class():
     m2 = [[[1, 1, 1]], [[3, 0, 0]]]
     labels = members(m0, m1, m2)
     dsc = [2 * (1 + 2 / 3) / (2 + 2), 2 * 1 / (1 + 2), 2 * (1 + 2 / 3 + 1 / 3) / (3 + 2)]
-    score = consensus_score(labels, [1, 2, 3])
+    score = consensus_score(labels, [1, 2, 3], "dice_mean")
     assert score.per_class[1] == pytest.approx(sum(dsc) / 3)   # 23/30
     assert score.per_class[3] == 1.0
     assert score.per_class[2] == 1.0 and score.present == (1, 3) and score.absent == (2,)
@@ -68,7 +69,7 @@ def test_three_members_per_class_and_absent_class():
     assert paper.volume == pytest.approx(((1 + 1 / 2 + 2 / 3) / 3 + 1.0) / 2)
 
 
-@pytest.mark.parametrize("variant", ["dice_mean", "paper_iou_majority"])
+@pytest.mark.parametrize("variant", ["fused_dice_3d", "dice_mean", "paper_iou_majority"])
 def test_identical_members_score_one_and_empty_case_zero(variant):
     rng = np.random.default_rng(0)
     one = rng.integers(0, 4, (5, 8, 9)).astype(np.uint8)
@@ -76,6 +77,38 @@ def test_identical_members_score_one_and_empty_case_zero(variant):
     assert score.volume == 1.0 and score.present == (1, 2, 3) and score.absent == (4,)
     empty = consensus_score(np.zeros((2, 3, 4, 4), np.uint8), [1, 2], variant=variant)
     assert empty.volume == 0.0 and empty.present == () and empty.per_class == {1: 1.0, 2: 1.0}
+
+
+def test_fused_dice_3d_is_each_members_dice_against_the_written_label():
+    # class 1 over two slices. m0: 3 voxels, m1: 2, m2: 1; votes per voxel below
+    m0 = [[[1, 1, 0]], [[1, 0, 0]]]
+    m1 = [[[1, 0, 0]], [[1, 0, 0]]]
+    m2 = [[[0, 0, 0]], [[1, 0, 0]]]
+    labels = members(m0, m1, m2)
+    fused = fuse_members(labels, 2)       # [1 0 0] on both slices (voxel 1 of slice 0: 1 vs 2)
+    assert fused.tolist() == [[[1, 0, 0]], [[1, 0, 0]]]
+    # |F| = 2. m0: 2*2/(3+2); m1: 2*2/(2+2); m2: 2*1/(1+2)
+    expected = (4 / 5 + 1 + 2 / 3) / 3
+    score = consensus_score(labels, [1, 2])
+    assert score.variant == "fused_dice_3d" and score.per_class[1] == pytest.approx(expected)
+    assert score.present == (1,) and score.per_class[2] == 1.0
+    assert score.volume == pytest.approx(expected)
+    # a class only one member has loses every vote: |F| = 0, that member scores 0, others 1
+    m0[0][0][2] = 2
+    lone = consensus_score(members(m0, m1, m2), [1, 2])
+    assert lone.per_class[2] == pytest.approx(2 / 3) and lone.present == (1, 2)
+
+
+def test_fused_dice_3d_matches_a_plain_computation():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, (5, 6, 7, 8)).astype(np.uint8)
+    labels[:, :, :2] = 0
+    fused = fuse_members(labels, 4)
+    score = consensus_score(labels, [1, 2, 3])
+    for c in (1, 2, 3):
+        dice = [2 * ((m == c) & (fused == c)).sum() / ((m == c).sum() + (fused == c).sum())
+                for m in labels]
+        assert score.per_class[c] == pytest.approx(np.mean(dice))
 
 
 def test_disagreement_lowers_the_score():
@@ -86,16 +119,21 @@ def test_disagreement_lowers_the_score():
         # per slice: overlap o = (8 - shift) * 8; both members give 2 (o + (64 - o) / 2) / 128
         overlap = (8 - shift) * 8
         expected = (overlap + 64) / 128
-        assert consensus_score(np.stack([base, moved]), [1]).volume == pytest.approx(expected)
+        pair = np.stack([base, moved])
+        assert consensus_score(pair, [1], "dice_mean").volume == pytest.approx(expected)
+        # fused (ties -> member 0) = base: 3D Dice of base 1, of moved (8 - shift) / 8
+        fused_dice = consensus_score(pair, [1]).volume
+        assert fused_dice == pytest.approx((1 + (8 - shift) / 8) / 2)
 
 
 def test_chunked_counting_matches_one_chunk(monkeypatch):
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 5, (4, 7, 6, 5)).astype(np.uint8)
-    whole = [consensus_score(labels, [1, 2, 3, 4], v) for v in ("dice_mean", "paper_iou_majority")]
+    variants = ("fused_dice_3d", "dice_mean", "paper_iou_majority")
+    whole = [consensus_score(labels, [1, 2, 3, 4], v) for v in variants]
     fused = fuse_members(labels, 5)
     monkeypatch.setattr(consensus_module, "_CHUNK_VOXELS", 1)    # one slice per chunk
-    for expected, v in zip(whole, ("dice_mean", "paper_iou_majority"), strict=True):
+    for expected, v in zip(whole, variants, strict=True):
         assert consensus_score(labels, [1, 2, 3, 4], v) == expected
     assert np.array_equal(fuse_members(labels, 5), fused)
 

@@ -28,6 +28,7 @@ from slicevos.pseudo import (
     select_cases,
     write_accepted_dataset,
 )
+from slicevos.pseudo.consensus import DEFAULT_VARIANT
 from tests.conftest import real_case
 
 
@@ -37,7 +38,7 @@ def fake_score(case_id: str, per_class: dict[int, float]) -> CaseScore:
     volume = float(np.mean(list(per_class.values()))) if per_class else 0.0
     record = CaseRecord(case_id, Path("/absent") / case_id, Path("/absent/img.nii.gz"), FLARE22,
                         None)
-    return CaseScore(record, ConsensusScore(volume, dict(per_class), present, "dice_mean"))
+    return CaseScore(record, ConsensusScore(volume, dict(per_class), present, DEFAULT_VARIANT))
 
 
 def accepted(decisions) -> list[str]:
@@ -80,6 +81,19 @@ def test_per_organ_keeps_confident_organs_of_rejected_volumes():
     assert lenient[1].class_ids == (1, 2, 3)
     strict = select_cases(scores, FilterConfig(threshold=0.9, per_organ=True, min_organs=3))
     assert not strict[1].accepted
+
+
+def test_organ_threshold_prunes_the_organs_of_accepted_volumes():
+    scores = [fake_score("sure", {1: 0.95, 2: 0.9}), fake_score("one_bad", {1: 0.95, 2: 0.3}),
+              fake_score("all_weak", {1: 0.55, 2: 0.55}), fake_score("low", {1: 0.2})]
+    decisions = select_cases(scores, FilterConfig(threshold=0.5, organ_threshold=0.6))
+    assert [(d.case_id, d.accepted, d.partial, d.class_ids) for d in decisions] == [
+        ("sure", True, False, (1, 2)),          # every organ clears: a whole volume
+        ("one_bad", True, True, (1,)),          # its poorly agreed organ becomes unannotated
+        ("all_weak", False, False, ()),         # volume passes, no organ does: nothing to learn
+        ("low", False, False, ())]
+    two = select_cases(scores, FilterConfig(threshold=0.5, organ_threshold=0.6, min_organs=2))
+    assert [d.case_id for d in two if d.accepted] == ["sure"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -168,9 +182,11 @@ def test_per_organ_dataset_folder(pseudo, tmp_path):
     cases = {c.case_id: c for c in discover_cases(out, FLARE22)}
     assert {k: c.split for k, c in cases.items()} == {"good": "labeled", "mixed": "labeled",
                                                       "bad": "unlabeled"}
-    assert cases["good"].annotated_class_ids == FLARE22.ids
+    # a pseudo-label annotates only the organs its file holds: the members found liver and
+    # right kidney only, so the other 11 organs are unannotated, not background
+    assert cases["good"].annotated_class_ids == (1, 2)
     assert cases["mixed"].annotated_class_ids == (1,)
-    assert yaml.safe_load((out / "annotations.yaml").read_text()) == {"mixed": [1]}
+    assert yaml.safe_load((out / "annotations.yaml").read_text()) == {"good": [1, 2], "mixed": [1]}
     assert (out / "imagesTr" / "good_0000.nii.gz").is_symlink()
     assert (out / "unlabeled" / "bad_0000.nii.gz").resolve() == tmp_path / "src" / "bad_0000.nii.gz"
     mixed_image = load_volume(cases["mixed"].image_path)
@@ -201,7 +217,7 @@ def test_base_dataset_is_merged(pseudo, tmp_path):
     out = write_accepted_dataset(decisions, pseudo, tmp_path / "next", base)
     split = {c.case_id: (c.split, c.annotated_class_ids) for c in discover_cases(out, FLARE22)}
     assert split == {"lab1": ("labeled", FLARE22.ids), "lab2": ("labeled", (2,)),
-                     "good": ("labeled", FLARE22.ids), "bad": ("unlabeled", ()),
+                     "good": ("labeled", (1, 2)), "bad": ("unlabeled", ()),
                      "mixed": ("unlabeled", ()), "other": ("unlabeled", ())}
     other = out / "unlabeled" / "other_0000.nii.gz"
     assert other.resolve() == base / "unlabeled" / "other_0000.nii.gz"
@@ -211,6 +227,21 @@ def test_base_dataset_is_merged(pseudo, tmp_path):
     (base / "unlabeled" / "good_0000.nii.gz").rename(base / "imagesTr" / "good_0000.nii.gz")
     with pytest.raises(InputError, match="already labeled"):
         write_accepted_dataset([clash], pseudo, tmp_path / "clash", base)
+
+
+def test_a_class_that_loses_every_vote_is_not_annotated(tmp_path):
+    """One member of three finds the spleen: it is present (scored) but absent from the fused
+    label, so the label file must not call the spleen background."""
+    spleen = organs()
+    spleen[3:5, 2:5, 10:13] = 3
+    image = write_image(tmp_path / "src" / "vote_0000.nii.gz")
+    write_pseudo_case(tmp_path / "pseudo", "vote", image, np.stack([organs(), organs(), spleen]))
+    scores = score_pseudo_folder(tmp_path / "pseudo")
+    assert scores[0].consensus.present == (1, 2, 3)
+    decisions = select_cases(scores, FilterConfig(threshold=0.0))
+    out = write_accepted_dataset(decisions, tmp_path / "pseudo", tmp_path / "next")
+    case = discover_cases(out, FLARE22)[0]
+    assert case.annotated_class_ids == (1, 2)
 
 
 def test_output_folder_rules(pseudo, tmp_path):

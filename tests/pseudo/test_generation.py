@@ -188,6 +188,7 @@ def test_benchmark_scores_consensus_against_phantom_truth(setup, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "member set plain" in printed and "member set flips" in printed
     assert "Kendall" in printed and "top 0.5 *" in printed  # the default rule is marked
+    assert "organ cutoff" in printed and "DSC drop" in printed
     lines = [r.split(",") for r in table.read_text().splitlines()]
     assert lines[0] == ["member_set", "case_id", "condition", "consensus", "true_dice"]
     rows = {r[1]: r[3:] for r in lines[1:] if r[0] == "plain"}
@@ -204,6 +205,36 @@ def test_benchmark_scores_consensus_against_phantom_truth(setup, tmp_path, capsy
                                       abs=1e-6)
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4])[0] == pytest.approx(0.8)
     assert benchmark_main([str(out), "--phantoms", str(dataset), "--member-set", "x=ckpt0"]) == 2
+
+
+def test_benchmark_scores_two_pools_as_one_set(setup, tmp_path, capsys):
+    """Two spread pools (distinct prefixes) generated and scored together: every case of both
+    gets a row and its condition; configs and pools must pair up."""
+    import yaml
+
+    from slicevos.cli.benchmark_pseudo import main as benchmark_main
+
+    _, checkpoints = setup
+    args, pools = [], {}
+    for prefix, seed in (("a_", 1), ("b_", 2)):
+        config = tmp_path / f"{prefix}pool.yaml"
+        config.write_text(yaml.safe_dump({
+            "base": {"shape": [12, 48, 48]}, "seeds_per_condition": 1, "seed": seed,
+            "prefix": prefix, "conditions": {"clean": {}, "noisy": {"noise_hu": 120.0}}}))
+        pools[prefix] = tmp_path / f"{prefix}pool"
+        args += ["--pool", str(pools[prefix]), "--pool-config", str(config)]
+    table = tmp_path / "two.csv"
+    assert benchmark_main([str(tmp_path / "p"), *args, "--checkpoints", *map(str, checkpoints),
+                           "--device", "cpu", "--csv", str(table)]) == 0
+    rows = [r.split(",") for r in table.read_text().splitlines()[1:]]
+    assert sorted((r[1], r[2]) for r in rows) == [
+        ("a_clean_0", "clean"), ("a_noisy_0", "noisy"), ("b_clean_0", "clean"),
+        ("b_noisy_0", "noisy")]
+    assert "4 volumes" in capsys.readouterr().out
+    assert benchmark_main([str(tmp_path / "p"), "--pool", str(pools["a_"]), "--pool-config",
+                           str(tmp_path / "a_pool.yaml"), "--pool-config",
+                           str(tmp_path / "b_pool.yaml")]) == 2
+    assert "2 pool config(s) for 1 --pool folder(s)" in capsys.readouterr().err
 
 
 def test_members_of_one_network_of_the_pair(setup):

@@ -198,3 +198,36 @@ def test_filter_may_change_until_a_filter_step_ran(tmp_path):
     assert len(RoundRunner(changed, steps).run()) == 1
     with pytest.raises(InputError, match="filter"):
         RoundRunner(_fake_config(tmp_path, 1, 1), steps)
+
+
+def test_warm_start_members_begin_from_the_previous_round(tmp_path):
+    """members.warm_start: round 2's member of seed s starts from round 1's member of seed s
+    (train.init_weights); round 1 and runs without the option start from random weights."""
+    from slicevos.cli.run_rounds import ModelSteps
+    from slicevos.pseudo.rounds import PseudoSteps, RoundContext
+    from slicevos.pseudo.rounds_config import load_rounds_config
+
+    def reference(warm: bool, round_number: int, seed: int):
+        config = load_rounds_config(CONFIG, [f"out_dir={tmp_path}", f"members.warm_start={warm}"])
+        ctx = RoundContext(round_number, tmp_path / f"round_{round_number:02d}", tmp_path, {})
+        return ModelSteps(config, PseudoSteps(config))._reference_config(ctx, seed)
+
+    previous = tmp_path / "round_01" / "members" / "seed1" / "last.pt"
+    assert reference(True, 2, 1).train.init_weights == str(previous.absolute())
+    assert reference(True, 1, 1).train.init_weights is None
+    assert reference(False, 2, 1).train.init_weights is None
+
+
+def test_a_run_started_before_a_config_field_existed_still_resumes(finished, dataset, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished, old, symlinks=True)
+    state = json.loads((old / "state.json").read_text())
+    del state["config"]["members"]["warm_start"]        # as written before the field existed
+    state["config"]["out_dir"] = str(old)
+    (old / "state.json").write_text(json.dumps(state))
+    assert rounds_main(_args(dataset, old)) == 0
+    drop_paths = lambda rows: [{k: v for k, v in r.items() if k != "checkpoints"}  # noqa: E731
+                               for r in rows]
+    assert drop_paths(_table(old)) == drop_paths(_table(finished))   # nothing was redone

@@ -63,8 +63,22 @@ def test_pool_hides_the_truth_from_the_dataset_readers(tmp_path):
         write_pool(other, pool, progress=False)
 
 
+def test_labeled_split_is_a_validation_set_spread_like_the_pool(tmp_path):
+    config = SpreadConfig(**{**TINY.__dict__, "labeled": 0, "split": "labeled"})
+    folder = write_pool(config, tmp_path / "val", progress=False)
+    cases = discover_cases(folder, FLARE22)
+    assert [(c.case_id, c.split, c.annotated_class_ids) for c in cases] == [
+        (name, "labeled", FLARE22.ids) for name in ("clean_0", "flat_0", "tumors_0")]
+    hidden = write_pool(TINY, tmp_path / "pool", progress=False) / "truth" / "flat_0.nii.gz"
+    assert np.array_equal(load_labels(folder / "labelsTr" / "flat_0.nii.gz")[0],
+                          load_labels(hidden)[0])   # same case, its truth is now the label
+    assert not any((folder / "truth").iterdir()) and not any((folder / "unlabeled").iterdir())
+    with pytest.raises(InputError, match="split 'test' is unknown"):
+        SpreadConfig(split="test")
+
+
 def test_shipped_pool_configs_load():
-    for name in ("spread_pool.yaml", "spread_pool_fast.yaml"):
+    for name in ("spread_pool.yaml", "spread_pool_fast.yaml", "spread_val_fast.yaml"):
         config = load_spread_config(ROOT / "configs" / "rounds" / name)
         assert len(plan_pool(config)) == len(config.conditions) * config.seeds_per_condition
     raw = yaml.safe_load((ROOT / "configs" / "rounds" / "spread_pool.yaml").read_text())

@@ -78,6 +78,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert steps == [4, 5, 8, 12]  # nothing logged twice
 
 
+def test_init_weights_starts_a_fresh_run_from_a_checkpoint(tmp_path):
+    first = run(tmp_path / "first", 12)
+    fresh = ToyTrainer(toy_config(tmp_path / "again", 12,
+                                  init_weights=str(tmp_path / "first" / "last.pt")))
+    fresh.setup()
+    assert fresh.step == 0                                  # a new schedule, not a resume
+    for key, value in first.module.state_dict().items():
+        assert torch.equal(value, fresh.module.state_dict()[key]), key
+    scratch = ToyTrainer(toy_config(tmp_path / "scratch", 12))
+    scratch.setup()
+    warm_dice, cold_dice = fresh.validate(0)["dice"], scratch.validate(0)["dice"]
+    assert warm_dice > 0.8 > cold_dice                      # it starts where the first run ended
+    wider = ToyTrainer(toy_config(tmp_path / "wider", 12,
+                                  init_weights=str(tmp_path / "first" / "last.pt")))
+    wider.config = replace(wider.config, width=4)
+    with pytest.raises(InputError, match="do not fit this model"):
+        wider.setup()
+
+
 def test_resume_restores_the_random_streams(tmp_path):
     # without restoring RNG states, dropout after the restart would draw different masks
     first = run(tmp_path / "a", 3)
