@@ -66,3 +66,17 @@ def real_case(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real CT case {path} is absent")
     return path
+
+
+def phantom_cache(root: Path, n_labeled: int, seed: int) -> Path:
+    """``n_labeled`` labeled 24x64x64 phantoms (FLARE layout in ``root / "ds"``) and their
+    flare22 slice cache ``root / "cache"`` (returned)."""
+    from slicevos.data.cache_build import PrepareConfig, prepare_cache
+    from slicevos.data.phantom import PhantomConfig
+    from slicevos.data.phantom_dataset import write_phantom_dataset
+
+    write_phantom_dataset(root / "ds", n_labeled=n_labeled, n_unlabeled=0,
+                          config=PhantomConfig(shape=(24, 64, 64)), seed=seed, progress=False)
+    prepare_cache(root / "ds", root / "cache", PrepareConfig(schema="flare22", workers=1),
+                  progress=False)
+    return root / "cache"

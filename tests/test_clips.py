@@ -15,9 +15,8 @@ from slicevos.data.cache import SliceCache
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
 from slicevos.data.clip_sampling import ClipKey, curriculum_max_gap
 from slicevos.data.clips import ClipData, ClipDataConfig
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
 from slicevos.errors import InputError
+from tests.conftest import phantom_cache
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AUGMENT = REPO / "configs" / "augment" / "default.yaml"
@@ -29,12 +28,7 @@ LIVER = 1
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 labeled phantoms, 24x64x64, FLARE22 labels."""
-    root = tmp_path_factory.mktemp("clips")
-    write_phantom_dataset(root / "dataset", n_labeled=2, n_unlabeled=0,
-                          config=PhantomConfig(shape=(24, 64, 64)), seed=0, progress=False)
-    prepare_cache(root / "dataset", root / "cache", PrepareConfig(schema="flare22", workers=1),
-                  progress=False)
-    return root / "cache"
+    return phantom_cache(tmp_path_factory.mktemp("clips"), n_labeled=2, seed=0)
 
 
 def _config(cache_dir: Path, **kwargs) -> ClipDataConfig:
@@ -266,7 +260,6 @@ def test_bad_settings_raise_input_errors(cache_dir: Path) -> None:
 def test_totalsegmentator_cache_gives_many_object_tracks(real_data, tmp_path):
     """The 'objects' schema caches any label id (here TotalSegmentator's 117 classes), and clips
     then follow structures beyond the FLARE organs."""
-    from slicevos.data.cache_build import PrepareConfig, prepare_cache
     from slicevos.data.clips import ClipData, ClipDataConfig
 
     ds = tmp_path / "ds"

@@ -161,8 +161,8 @@ def _case_row(labels: np.ndarray, names: list[str], chosen: list[str] | None, sc
         if unknown:
             raise InputError(where, f"members {unknown} not among {names}", "check --member-set")
         labels = labels[[names.index(n) for n in chosen]]
-    score = consensus_score(labels, schema.ids, variant)
     fused = fuse_members(labels, schema.num_classes)
+    score = consensus_score(labels, schema.ids, variant, fused=fused)
     if truth.shape != fused.shape:
         raise InputError(where, f"truth {truth.shape} vs pseudo-label {fused.shape}",
                          "pair the pseudo folder with the dataset it was generated from")
@@ -223,10 +223,10 @@ def organ_lines(pairs: list[tuple[int, float, float]]) -> list[str]:
     >= t) and of those left unannotated, over every (case, organ) pair."""
     score = np.array([a for _, a, _ in pairs])
     dice = np.array([b for _, _, b in pairs])
+    mean = lambda m: float(dice[m].mean()) if m.any() else float("nan")  # noqa: E731
     lines = [f"   {'organ cutoff':<16} {'kept':>5} {'DSC kept':>8} {'dropped':>7} {'DSC drop':>8}"]
     for cutoff in ORGAN_CUTOFFS:
         kept = score >= cutoff
-        mean = lambda m: float(dice[m].mean()) if m.any() else float("nan")  # noqa: E731
         lines.append(f"   {cutoff:<16g} {int(kept.sum()):>5} {mean(kept):>8.4f} "
                      f"{int((~kept).sum()):>7} {mean(~kept):>8.4f}")
     return lines

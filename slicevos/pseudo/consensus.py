@@ -129,19 +129,20 @@ def _tally(member_labels: np.ndarray, num_labels: int) -> np.ndarray:
     return tally
 
 
-def _fused_overlap(member_labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(inter, fused_size)``: ``inter[m, c]`` = voxels where member m and the fused label
-    (:func:`fuse_members`) both have c, int64 (M, num_labels); ``fused_size[c]`` = voxels of c in
-    the fused label, int64 (num_labels,)."""
+def _fused_overlap(member_labels: np.ndarray, fused: np.ndarray,
+                   num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(inter, fused_size)`` against the fused label uint8 ``(D, H, W)``: ``inter[m, c]`` =
+    voxels where member m and the fused label both have c, int64 (M, num_labels);
+    ``fused_size[c]`` = voxels of c in the fused label, int64 (num_labels,)."""
     m_count, depth = member_labels.shape[:2]
     inter = np.zeros((m_count, num_labels), np.int64)
     fused_size = np.zeros(num_labels, np.int64)
     for start in (steps := _chunks(depth, member_labels)):
         chunk = member_labels[:, start:start + steps.step]
-        fused = _plurality(chunk)
-        fused_size += np.bincount(fused.ravel(), minlength=num_labels)
+        fused_chunk = fused[start:start + chunk.shape[1]]
+        fused_size += np.bincount(fused_chunk.ravel(), minlength=num_labels)
         for m in range(m_count):
-            inter[m] += np.bincount(fused[chunk[m] == fused], minlength=num_labels)
+            inter[m] += np.bincount(fused_chunk[chunk[m] == fused_chunk], minlength=num_labels)
     return inter, fused_size
 
 
@@ -170,9 +171,11 @@ def _class_scores(tally_c: np.ndarray, variant: str) -> np.ndarray:
 
 def consensus_score(
     member_labels: np.ndarray, class_ids: Sequence[int], variant: str = DEFAULT_VARIANT,
-    slices: str = "union",
+    slices: str = "union", fused: np.ndarray | None = None,
 ) -> ConsensusScore:
-    """Consensus of M label volumes uint8 ``(M, D, H, W)`` over ``class_ids`` (see module doc)."""
+    """Consensus of M label volumes uint8 ``(M, D, H, W)`` over ``class_ids`` (see module doc).
+    ``fused``: their :func:`fuse_members` label, when the caller has it (``fused_dice_3d``
+    computes it otherwise)."""
     if variant not in VARIANTS:
         raise InputError(None, f"unknown consensus variant {variant!r}",
                          f"use one of {list(VARIANTS)}")
@@ -185,7 +188,11 @@ def consensus_score(
     num_labels = max(int(member_labels.max(initial=0)), *class_ids) + 1
     tally = _tally(member_labels, num_labels)
     if variant == "fused_dice_3d":
-        inter, fused_size = _fused_overlap(member_labels, num_labels)
+        if fused is None:
+            fused = fuse_members(member_labels, num_labels)
+        elif fused.shape != member_labels.shape[1:]:
+            raise ValueError(f"fused label {fused.shape} vs members {member_labels.shape}")
+        inter, fused_size = _fused_overlap(member_labels, fused, num_labels)
         member_size = tally.sum(axis=(1, 3))           # |Y_m| per class, (M, num_labels)
     per_class: dict[int, float] = {}
     present: list[int] = []

@@ -151,7 +151,7 @@ def write_case(out_dir: Path, settings: dict[str, Any], member_labels: np.ndarra
             os._exit(75)
         fused = fuse_members(member_labels, schema.num_classes)
         save_labels(fused, volume.geometry, tmp / PSEUDO_LABEL_FILE)
-        score = consensus_score(member_labels, schema.ids, variant)
+        score = consensus_score(member_labels, schema.ids, variant, fused=fused)
         record = {**settings, "consensus": score.to_dict()}
         _fsync_write(tmp / CASE_FILE, lambda f: f.write(json.dumps(record, indent=1)), "w")
         if final.exists():  # stale (no case.json) or made by other members: replaced
