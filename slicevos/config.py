@@ -148,6 +148,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def with_defaults(cls: type, stored: Any, where: str = "stored config") -> Any:
+    """A stored plain-data config of ``cls`` with the defaults of fields added since it was
+    written (so an older run or checkpoint still compares equal to today's config); returned
+    unchanged if it no longer reads as ``cls``."""
+    try:
+        return config_to_dict(from_dict(cls, stored, where))
+    except (InputError, TypeError, ValueError, KeyError):
+        return stored
+
+
 def save_config(config: Any, path: str | PathLike) -> None:
     from slicevos.io.atomic import atomic_write_bytes
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -47,6 +48,7 @@ from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.inference.engines import FusionWeights, build_propagator, checkpoint_engine
 from slicevos.inference.flow import FlowConfig, FlowPropagator
 from slicevos.inference.propagation import Propagator
+from slicevos.inference.slice_scale import NETWORK_UPSAMPLE_BELOW
 from slicevos.io import FLARE22, load_labels, load_volume
 from slicevos.metrics.efficiency import EfficiencyMeter
 from slicevos.models.propagation import PropagationNet
@@ -147,7 +149,8 @@ def _flow_config(variant: str) -> FlowConfig:
 
 
 def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("default",),
-             stcn_weights: Sequence[float] = (0.5,)) -> dict[str, Any]:
+             stcn_weights: Sequence[float] = (0.5,),
+             upsample_below: Sequence[int] = (NETWORK_UPSAMPLE_BELOW,)) -> dict[str, Any]:
     """name -> fn(keys, depth, hu) giving the labels (depth, H, W)."""
     methods: dict[str, Any] = {"nearest copy": lambda keys, depth, hu: nearest_key_copy(keys,
                                                                                      depth)}
@@ -159,7 +162,7 @@ def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("defaul
     for variant in flow_variants:
         methods["flow" if variant == "default" else f"flow {variant}"] = _propagate_with(
             FlowPropagator(_flow_config(variant)))
-    for name, propagator in _checkpoint_engines(checkpoints, stcn_weights):
+    for name, propagator in _checkpoint_engines(checkpoints, stcn_weights, upsample_below):
         methods[name] = _propagate_with(propagator)
     return methods
 
@@ -185,10 +188,11 @@ def _phantom_cases(count: int, shape: Sequence[int], seed: int
 
 def part_quality(cases: Iterator[tuple[str, np.ndarray, np.ndarray]], steps: Sequence[int],
                  checkpoints: Sequence[str] = (), flow_variants: Sequence[str] = ("default",),
-                 stcn_weights: Sequence[float] = (0.5,), per_case: bool = False) -> None:
+                 stcn_weights: Sequence[float] = (0.5,), per_case: bool = False,
+                 upsample_below: Sequence[int] = (NETWORK_UPSAMPLE_BELOW,)) -> None:
     """Per-organ DSC (all non-key slices, bulk, ends: ``slicevos.benchmarks.propagation_quality``)
     of every method, mean over the volumes; ``per_case`` also prints each volume's table."""
-    methods = _methods(checkpoints, flow_variants, stcn_weights)
+    methods = _methods(checkpoints, flow_variants, stcn_weights, upsample_below)
     total: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     used = []
     for case_name, hu, truth in cases:
@@ -232,17 +236,21 @@ def _print_table(scores: dict[tuple[int, str, str], dict[str, list[float]]],
               + f"{np.nanmean(means):>8.3f}{np.mean(table['seconds']):>8.1f}")
 
 
-def _checkpoint_engines(checkpoints: Sequence[str], stcn_weights: Sequence[float]
+def _checkpoint_engines(checkpoints: Sequence[str], stcn_weights: Sequence[float],
+                        upsample_below: Sequence[int] = (NETWORK_UPSAMPLE_BELOW,)
                         ) -> Iterator[tuple[str, Any]]:
-    """(row name, propagator) for each checkpoint: its own engine (stcn, or guided for a
-    flow-guided network) and ``fused`` at each of ``stcn_weights``."""
-    for checkpoint in checkpoints:
+    """(row name, propagator) for each checkpoint and network grid (``upsample_below``): its
+    own engine (stcn, or guided for a flow-guided network) and ``fused`` at each of
+    ``stcn_weights``."""
+    for checkpoint, below in itertools.product(checkpoints, upsample_below):
         tag = "" if len(checkpoints) == 1 else f" {Path(checkpoint).parent.name}"
+        tag += "" if len(upsample_below) == 1 else f" u{below}"
         engines = [(checkpoint_engine(checkpoint), None)] + [("fused", w) for w in stcn_weights]
         for engine, weight in engines:
             fusion = FusionWeights(stcn_weight=weight) if weight is not None else None
             suffix = "" if weight is None or len(stcn_weights) == 1 else f" w{weight:g}"
-            yield f"{engine}{tag}{suffix}", build_propagator(engine, checkpoint, fusion=fusion)
+            yield f"{engine}{tag}{suffix}", build_propagator(engine, checkpoint, fusion=fusion,
+                                                             upsample_below=below)
 
 
 def part_flow_speed(size: int, depth: int, step: int, checkpoints: Sequence[str] = (),
@@ -295,7 +303,7 @@ def _body(args: argparse.Namespace) -> int:
         cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed)
                  if args.data == "phantom" else _real_cases(Path(args.data), args.cases))
         part_quality(cases, args.key_steps, args.checkpoint or (), args.flow_variants,
-                     args.stcn_weights, args.per_case)
+                     args.stcn_weights, args.per_case, args.upsample_below)
     return 0
 
 
@@ -333,6 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "flow config (e.g. flow.preset=fast,clip=12)")
     parser.add_argument("--stcn-weights", nargs="+", type=float, default=[0.5],
                         help="quality: fused rows' weight on the STCN probabilities")
+    parser.add_argument("--upsample-below", nargs="+", type=int,
+                        default=[NETWORK_UPSAMPLE_BELOW],
+                        help="quality: network rows run slices smaller than this many pixels "
+                        f"on a finer grid (default {NETWORK_UPSAMPLE_BELOW}; 0 = never; several "
+                        "values: a row each)")
     parser.add_argument("--flow-size", type=int, default=512, help="flow_speed: slice size")
     parser.add_argument("--flow-depth", type=int, default=150, help="flow_speed: slices")
     parser.add_argument("--flow-step", type=int, default=10, help="flow_speed: keys every")

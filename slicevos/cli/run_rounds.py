@@ -50,8 +50,24 @@ class ModelSteps:
             f"data.cache_dir={ctx.cache}", f"data.val_cases=[{held_out}]", "data.val_fraction=0",
             f"data.seed={seed}", f"train.seed={seed}", f"train.out_dir={ctx.member_dir(seed)}",
             f"train.device={self.device.type}",
-            *(["cps.mode=supervised"] if ctx.round == 0 else []), *warm])  # round 0: labeled only
+            *(["cps.mode=supervised"] if ctx.round == 0 else []), *warm,  # round 0: labeled only
+            *self._pseudo_weights(ctx)])
         return resolve_relative_augment(config, path)
+
+    def _pseudo_weights(self, ctx: RoundContext) -> list[str]:
+        """``data.case_weights`` giving the round's pseudo-labeled cases (labeled in its
+        dataset, not in the base dataset) ``members.pseudo_weight``; none in rounds 0-1."""
+        import json
+
+        from slicevos.data.dataset_folder import discover_cases
+
+        weight = self.config.members.pseudo_weight
+        if weight == 1 or ctx.round < 2:
+            return []
+        labeled = lambda folder: {c.case_id for c in discover_cases(folder, self.schema)  # noqa: E731
+                                  if c.split == "labeled"}
+        pseudo = sorted(labeled(ctx.dataset) - labeled(self.config.base_dataset))
+        return [f"data.case_weights={json.dumps(dict.fromkeys(pseudo, weight))}"] if pseudo else []
 
     def _members(self, ctx: RoundContext) -> list[Any]:
         from slicevos.inference.ensemble import reference_members

@@ -88,11 +88,14 @@ def draw_objects(rng: np.random.Generator, areas_row: np.ndarray, max_objects: i
 
 class ClipSampler:
     """Draws ``ClipKey``s from ``cases``. ``areas`` holds each case's (D, K) label areas;
-    ``max_gap(step)`` the curriculum (a callable, so validation can fix it)."""
+    ``max_gap(step)`` the curriculum (a callable, so validation can fix it);
+    ``case_factors`` (one per case, default 1) scale how often each case's slices start a
+    clip."""
 
     def __init__(self, stream_id: int, cases: Sequence[str], areas: Sequence[np.ndarray],
                  length: int, min_gap: int, max_objects: int, min_object_pixels: int,
-                 reverse_probability: float, max_gap) -> None:
+                 reverse_probability: float, max_gap,
+                 case_factors: Sequence[float] | None = None) -> None:
         self.areas = dict(zip(cases, areas, strict=True))
         self.length, self.min_gap, self.max_objects = length, min_gap, max_objects
         self.min_object_pixels, self.reverse_probability = min_object_pixels, reverse_probability
@@ -100,6 +103,8 @@ class ClipSampler:
         weights = [eligible_first_slices(a, length, min_gap, min_object_pixels).astype(float)
                    for a in areas]
         self.num_first_slices = int(sum(w.sum() for w in weights))
+        if case_factors is not None:
+            weights = [w * f for w, f in zip(weights, case_factors, strict=True)]
         self.stream = SliceStream(stream_id, cases, [a.shape[0] for a in areas], True, weights)
 
     def key(self, seed: int, rank: int, step: int, i: int) -> ClipKey:

@@ -41,7 +41,13 @@ from slicevos.data.clip_sampling import (
 )
 from slicevos.data.flow_prior import clip_flow_prior
 from slicevos.data.optical_flow import FlowSettings
-from slicevos.data.sampling import SEED_BOUND, crop_or_pad, foreground_center, split_cases
+from slicevos.data.sampling import (
+    SEED_BOUND,
+    case_weight_factors,
+    crop_or_pad,
+    foreground_center,
+    split_cases,
+)
 from slicevos.data.slices import StepBatchSampler
 from slicevos.errors import InputError
 from slicevos.preprocessing.position import relative_position
@@ -70,7 +76,9 @@ class ClipDataConfig:
     input of a flow-guided STCN; the training config sets it from ``model.prior_input``.
     ``prior_through``: "adjacent" composes the flows between every pair of adjacent slices
     from frame 0 on (as the flow engine does), "frames" only those between the clip's frames
-    (cheaper, and worse across long gaps).
+    (cheaper, and worse across long gaps). ``case_weights``: glob of case ids -> how much
+    likelier their slices start a training clip (e.g. ``{"phantom_*": 0.3}`` to mix a few
+    phantoms into real tracks; unmatched cases 1; ``sampling.case_weight_factors``).
     """
 
     cache_dir: str
@@ -85,6 +93,7 @@ class ClipDataConfig:
     reverse_probability: float = 0.5
     augment: str | tuple[dict[str, Any], ...] | dict[str, Any] | None = None
     min_object_pixels: int = 100
+    case_weights: dict[str, float] | None = None
     val_cases: tuple[str, ...] = ()
     val_fraction: float = 0.0
     label_source: str = "labels"
@@ -282,9 +291,10 @@ class ClipData:
     def _dataset(self, stream_id: int, cases: Sequence[str], max_gap: Callable[[int], int],
                  augment: bool) -> ClipDataset:
         c = self.config
+        factors = case_weight_factors(cases, c.case_weights) if augment else None
         sampler = ClipSampler(stream_id, cases, [self._areas(k) for k in cases], c.clip_length,
                               c.min_gap, c.max_objects, c.min_object_pixels,
-                              c.reverse_probability, max_gap)
+                              c.reverse_probability, max_gap, factors)
         if sampler.num_first_slices == 0:
             raise InputError(self.cache.root / INDEX_FILE, f"no slice of cases {list(cases)[:8]} "
                              f"holds an object of >= {c.min_object_pixels} pixels with room for "

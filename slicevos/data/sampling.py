@@ -8,8 +8,9 @@ or a data-loader worker, draws exactly the same slices, crops and augmentations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import numpy as np
 
@@ -60,6 +61,33 @@ class SliceStream:
         case = int(np.searchsorted(self.offsets, flat, side="right")) - 1
         return SampleKey(self.cases[case], flat - int(self.offsets[case]), self.with_labels,
                          int(rng.integers(SEED_BOUND)))
+
+
+def case_weight_factors(cases: Sequence[str], case_weights: Mapping[str, float] | None,
+                        where: str = "data.case_weights") -> np.ndarray:
+    """float (len(cases),): how much likelier each slice of a case is drawn. ``case_weights``
+    maps glob patterns of case ids (``fnmatch``, e.g. ``"phantom_*"``) to a weight >= 0; a
+    case takes the weight of the first pattern it matches, 1 if none. A pattern matching no
+    case, a negative weight, or all cases weighted 0 is an ``InputError``."""
+    factors = np.ones(len(cases))
+    if not case_weights:
+        return factors
+    assigned = np.zeros(len(cases), dtype=bool)
+    for pattern, weight in case_weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise InputError(None, f"{where}[{pattern!r}] = {weight!r} is invalid",
+                             "give each pattern a weight >= 0")
+        hits = np.array([fnmatchcase(c, str(pattern)) for c in cases], dtype=bool)
+        if not hits.any():
+            raise InputError(None, f"{where}: pattern {pattern!r} matches none of the "
+                             f"{len(cases)} training cases {list(cases[:4])}...",
+                             "fix the pattern (a glob of case ids) or remove it")
+        factors[hits & ~assigned] = float(weight)
+        assigned |= hits
+    if not factors.any():
+        raise InputError(None, f"{where} gives every training case weight 0",
+                         "keep a weight > 0 for some cases")
+    return factors
 
 
 def split_cases(cache: SliceCache, val_cases: Sequence[str], val_fraction: float,

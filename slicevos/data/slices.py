@@ -33,6 +33,7 @@ from slicevos.data.sampling import (
     UNLABELED_STREAM,
     SampleKey,
     SliceStream,
+    case_weight_factors,
     crop_or_pad,
     foreground_center,
     split_cases,
@@ -52,7 +53,9 @@ class SliceDataConfig:
     path of an augmentation YAML, or its list of transforms (``slicevos.data.augment``), or None.
     ``val_cases`` (ids) or ``val_fraction`` hold labeled cases out for validation.
     ``foreground_slice_weight``: how much likelier a labeled slice holding any foreground class
-    is drawn than one without (1 = uniform over slices).
+    is drawn than one without (1 = uniform over slices). ``case_weights``: glob of case ids
+    -> weight of each of their labeled slices (e.g. ``{"h_*": 0.5}``; unmatched cases 1;
+    ``slicevos.data.sampling.case_weight_factors``).
     """
 
     cache_dir: str
@@ -61,6 +64,7 @@ class SliceDataConfig:
     batch_unlabeled: int = 2
     foreground_bias: float = 0.5
     foreground_slice_weight: float = 1.0
+    case_weights: dict[str, float] | None = None
     augment: str | tuple[dict[str, Any], ...] | dict[str, Any] | None = None
     val_cases: tuple[str, ...] = ()
     val_fraction: float = 0.0
@@ -206,9 +210,11 @@ class SliceData:
         self.unlabeled_cases = self.cache.unlabeled_cases + (
             self.train_cases if config.unlabeled_from_labeled else [])
         weights = None
-        if config.foreground_slice_weight != 1:
-            weights = [1 + (config.foreground_slice_weight - 1) * (
-                np.asarray(self.cache.class_areas(c))[:, 1:].sum(1) > 0) for c in self.train_cases]
+        if config.foreground_slice_weight != 1 or config.case_weights:
+            factors = case_weight_factors(self.train_cases, config.case_weights)
+            weights = [factor * (1 + (config.foreground_slice_weight - 1) * (
+                np.asarray(self.cache.class_areas(c))[:, 1:].sum(1) > 0))
+                for factor, c in zip(factors, self.train_cases, strict=True)]
         self.datasets: dict[str, SliceDataset] = {"labeled": self._dataset(
             SliceStream(LABELED_STREAM, self.train_cases, self._depths(self.train_cases), True,
                         weights))}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from slicevos.config import check_fields
 from slicevos.inference.engines import ENGINES, FusionWeights
 from slicevos.inference.flow import FlowConfig
+from slicevos.inference.slice_scale import NETWORK_UPSAMPLE_BELOW
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 TTA_CHOICES = ("none", "flip_lr", "flip_lr_ud")
@@ -34,7 +35,9 @@ class InferenceConfig:
     reference call. Propagation: a pass stores a frame every ``memory_every`` slices, at most
     ``max_memory_frames`` of them besides the keys; ``feature_cache_slices`` bounds the per-slice
     key-feature cache (None = every slice; bounded by default so 1000-slice volumes fit);
-    ``features_on_cpu`` keeps memory features in host RAM (GPU runs of long volumes).
+    ``features_on_cpu`` keeps memory features in host RAM (GPU runs of long volumes);
+    ``network_upsample_below``: the network (stcn, guided, fused) runs slices whose longer side
+    is under that many pixels on a grid up to twice as fine (0 = never).
     Localizer: slices with abdomen probability >= ``localizer_threshold``, widened by
     ``localizer_margin_slices``; ``localizer_stride`` classifies every n-th slice only.
     ``largest_component``: keep each organ's largest 3D connected component. ``amp``: bf16/fp16
@@ -53,6 +56,7 @@ class InferenceConfig:
     max_memory_frames: int = 8
     feature_cache_slices: int | None = 64
     features_on_cpu: bool = False
+    network_upsample_below: int = NETWORK_UPSAMPLE_BELOW
     localizer_threshold: float = 0.5
     localizer_margin_slices: int = 3
     localizer_stride: int = 1
@@ -69,6 +73,7 @@ class InferenceConfig:
             "batch_size": (self.batch_size >= 1, "an integer >= 1"),
             "memory_every": (self.memory_every >= 1, "an integer >= 1"),
             "max_memory_frames": (self.max_memory_frames >= 0, "an integer >= 0"),
+            "network_upsample_below": (self.network_upsample_below >= 0, "an integer >= 0"),
             "feature_cache_slices": (self.feature_cache_slices is None
                                      or self.feature_cache_slices >= 1, "null or >= 1"),
             "localizer_threshold": (0 < self.localizer_threshold < 1, "a probability in (0, 1)"),

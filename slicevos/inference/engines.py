@@ -41,7 +41,7 @@ from slicevos.inference.checkpoints import load_with_windows
 from slicevos.inference.flow import FlowConfig, FlowPasses, FlowPropagator
 from slicevos.inference.propagation import Propagator, StcnPasses, load_propagation_net
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
-from slicevos.preprocessing.padding import pad_to_multiple
+from slicevos.inference.slice_scale import NETWORK_UPSAMPLE_BELOW
 from slicevos.preprocessing.windowing import Window
 
 ENGINES = ("flow", "stcn", "guided", "fused")
@@ -147,11 +147,10 @@ class GuidedPasses(NetworkAndFlowPasses):
             if flow_z != z:
                 raise RuntimeError(f"flow pass at slice {flow_z}, STCN pass at {z}")
             current[z] = warped
-            prior_z = prior_on_network_channels(warped.scores, self.joint_classes,
-                                                session.object_ids, self.floor)
-            return pad_to_multiple(prior_z, self.stcn.net.output_stride, value=self.floor)
+            return prior_on_network_channels(warped.scores, self.joint_classes,
+                                             session.object_ids, self.floor)
 
-        for z, learned in self.stcn.run_pass(start, other, slices, prior):
+        for z, learned in self.stcn.run_pass(start, other, slices, prior, self.floor):
             warped = current.pop(z)
             yield z, PassOutput(learned.scores, warped.confidence), warped
 
@@ -242,13 +241,15 @@ def build_propagator(name: str, checkpoint: str | PathLike | None = None,
                      max_memory_frames: int = 8, features_on_cpu: bool = False,
                      feature_cache_slices: int | None = None,
                      keep_disagreement_map: bool = False, flow: FlowConfig | None = None,
-                     fusion: FusionWeights | None = None):
+                     fusion: FusionWeights | None = None,
+                     upsample_below: int = NETWORK_UPSAMPLE_BELOW):
     """The propagator called ``name`` (flow | stcn | guided | fused). ``stcn``, ``guided`` and
     ``fused`` need a propagation ``checkpoint`` (``guided`` one trained with
     ``model.prior_input``, ``stcn`` one without; ``fused`` takes either); ``flow`` takes none
     (a checkpoint given to it is refused, so a user never believes a model ran when it did
     not). The image a session is started on must be windowed with the returned propagator's
-    ``windows``."""
+    ``windows``. ``upsample_below``: the network runs slices smaller than that many pixels on
+    a finer grid (``slicevos.inference.slice_scale``)."""
     if name not in ENGINES:
         raise InputError(None, f"unknown propagation engine {name!r}",
                          f"choose one of {', '.join(ENGINES)}")
@@ -273,7 +274,8 @@ def build_propagator(name: str, checkpoint: str | PathLike | None = None,
     stcn = Propagator(net, device, memory_every, max_memory_frames,
                       features_on_cpu=features_on_cpu,
                       feature_cache_slices=feature_cache_slices,
-                      keep_disagreement_map=keep_disagreement_map, windows=windows)
+                      keep_disagreement_map=keep_disagreement_map, windows=windows,
+                      upsample_below=upsample_below)
     if name == "stcn":
         return stcn
     flow_propagator = FlowPropagator(flow, keep_disagreement_map)

@@ -111,7 +111,7 @@ class VolumePipeline:
             max_memory_frames=config.max_memory_frames, features_on_cpu=config.features_on_cpu,
             feature_cache_slices=config.feature_cache_slices,
             keep_disagreement_map=keep_disagreement_map, flow=config.flow,
-            fusion=config.fusion)
+            fusion=config.fusion, upsample_below=config.network_upsample_below)
         prop_windows = propagator.windows
         segmenter, ref_windows = None, None
         if reference is not None:

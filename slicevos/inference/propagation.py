@@ -44,9 +44,9 @@ from slicevos.inference.session import (
     SessionStats,
     fuse_directions,
 )
+from slicevos.inference.slice_scale import SliceScaler, upsample_factor
 from slicevos.inference.uncertainty import low_confidence
 from slicevos.models.propagation import KeyFeatures, PropagationModelConfig, PropagationNet
-from slicevos.preprocessing.padding import crop_to, pad_to_multiple
 from slicevos.preprocessing.windowing import Window
 
 __all__ = ["Propagator", "PropagationSession", "SessionStats", "StcnPasses", "fuse_directions",
@@ -62,7 +62,9 @@ class Propagator:
     storage dtype of cached features and memory (float16 halves memory, computation runs in
     the model's dtype); ``features_on_cpu``: keep them on the CPU (long volumes);
     ``feature_cache_slices``: None = cache every slice, else an LRU of that many;
-    ``key_batch_size``: slices key-encoded per network call; ``keep_disagreement_map``:
+    ``key_batch_size``: slices key-encoded per network call; ``upsample_below``: slices whose
+    longer side is under that many pixels run on a grid up to twice as fine
+    (``slicevos.inference.slice_scale``; 0 = never); ``keep_disagreement_map``:
     sessions keep a (D, H, W) bool map of where the two directions disagree; ``windows``: the
     CT windows the network was trained on (from its checkpoint), for callers that window.
     """
@@ -74,10 +76,11 @@ class Propagator:
                  feature_dtype: torch.dtype = torch.float16, features_on_cpu: bool = False,
                  feature_cache_slices: int | None = None, key_batch_size: int = 8,
                  keep_disagreement_map: bool = False,
-                 windows: tuple[Window, ...] | None = None) -> None:
-        if memory_every < 1 or max_memory_frames < 0 or key_batch_size < 1:
+                 windows: tuple[Window, ...] | None = None, upsample_below: int = 0) -> None:
+        if memory_every < 1 or max_memory_frames < 0 or key_batch_size < 1 or upsample_below < 0:
             raise ValueError(f"need memory_every >= 1, max_memory_frames >= 0, key_batch_size "
-                             f">= 1, got {memory_every}, {max_memory_frames}, {key_batch_size}")
+                             f">= 1, upsample_below >= 0, got {memory_every}, "
+                             f"{max_memory_frames}, {key_batch_size}, {upsample_below}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.mode = object_mode(model)
@@ -90,6 +93,7 @@ class Propagator:
         self.keep_disagreement_map = keep_disagreement_map
         self.compute_dtype = next(model.parameters()).dtype
         self.windows = windows
+        self.upsample_below = upsample_below
 
     @property
     def in_channels(self) -> int:
@@ -131,6 +135,8 @@ class StcnPasses(PassEngine):
                                      propagator.feature_dtype, propagator.storage_device,
                                      propagator.feature_cache_slices)
         self._key_values: dict[int, torch.Tensor] = {}  # z -> (O or 1, Cv, h, w)
+        factor = upsample_factor(session.height, session.width, propagator.upsample_below)
+        self.scale = SliceScaler(session.height, session.width, factor, self.net.output_stride)
 
     def check_key(self, z: int, labels: np.ndarray) -> None:
         self.mode.check_key(z, labels)
@@ -148,14 +154,15 @@ class StcnPasses(PassEngine):
 
     @torch.inference_mode()
     def run_pass(self, start: int, other: int | None, slices: range,
-                 prior: Callable[[int], torch.Tensor] | None = None
+                 prior: Callable[[int], torch.Tensor] | None = None, prior_floor: float = 0.0
                  ) -> Iterator[tuple[int, PassOutput]]:
         """Keys ``start`` and ``other`` in memory; probabilities (L, H, W) float32, L = O + 1
-        (per_object) or K (joint). ``prior(z)``: the flow prior of slice ``z`` for a
-        flow-guided network, (O or K, H', W') signed distances at the size padded to the
-        network's stride (asked once per slice, in pass order, before the slice is decoded); its passes score in the prior's units instead
-        (:meth:`_distance_scores`), so that the session mixes the two directions as it
-        mixes the flow engine's."""
+        (per_object) or K (joint), on the session's grid whatever grid the network runs on
+        (``self.scale``). ``prior(z)``: the flow prior of slice ``z`` for a flow-guided
+        network, (O or K, H, W) signed distances in pixels, ``prior_floor`` meaning far
+        outside (asked once per slice, in pass order, before the slice is decoded); its
+        passes score in the prior's units instead (:meth:`_distance_scores`), so that the
+        session mixes the two directions as it mixes the flow engine's."""
         net, every, stats = self.net, self.propagator.memory_every, self.session.stats
         bank = self.propagator.new_memory_bank()
         for key_z in (start, other):
@@ -165,11 +172,12 @@ class StcnPasses(PassEngine):
             features = self._features(z, slices)
             readout = net.read_memory(features.key, *bank.stacked(), net.config.top_k)
             decoded = (net.decode(features, readout) if prior is None
-                       else net.decode(features, readout, prior(z).to(
-                           self.propagator.device, self.propagator.compute_dtype)[None]))
+                       else net.decode(features, readout, self.scale.prior(
+                           prior(z).to(self.propagator.device), prior_floor).to(
+                           self.propagator.compute_dtype)[None]))
             probs = self.mode.probabilities(net, decoded)
             scores = probs[0] if prior is None else self._distance_scores(decoded[0])
-            yield z, PassOutput(crop_to(scores, self.session.height, self.session.width))
+            yield z, PassOutput(self.scale.scores(scores, distances=prior is not None))
             if step % every == 0 and step < len(slices):
                 value = self._encode_value(z, features, self.mode.value_masks(probs))
                 bank.add_recent(z, features.key[0], value)
@@ -189,8 +197,8 @@ class StcnPasses(PassEngine):
         """Memory value of key slice ``z`` (cached): (O, Cv, h, w) for the current objects
         (per_object) or (1, Cv, h, w) (joint). The labels are padded (background) first."""
         if z not in self._key_values:
-            labels = pad_to_multiple(torch.from_numpy(self.session.key_masks[z]).to(
-                self.propagator.device), self.net.output_stride)
+            labels = self.scale.labels(torch.from_numpy(self.session.key_masks[z]).to(
+                self.propagator.device))
             masks = self.mode.key_masks(labels, self.session.object_ids).to(
                 self.propagator.compute_dtype)
             self._key_values[z] = self._encode_value(z, self._features(z, [z]), masks)
@@ -216,10 +224,10 @@ class StcnPasses(PassEngine):
         return self.features.get(z)
 
     def _images(self, slices: list[int]) -> torch.Tensor:
-        """Slices (B, C, H', W') in [0, 1] on the device, padded to the network stride."""
+        """Slices (B, C, H'', W'') in [0, 1] on the device, on the network's grid."""
         images = self.session.image[slices].to(self.propagator.device,
                                                self.propagator.compute_dtype)
-        return pad_to_multiple(images / 255.0, self.net.output_stride)
+        return self.scale.images(images / 255.0)
 
 
 def load_propagation_net(path: str | PathLike, device: str | torch.device = "cpu"

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from slicevos.config import config_to_dict, from_dict
+from slicevos.config import config_to_dict, with_defaults
 from slicevos.data.cache import SliceCache
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
 from slicevos.errors import InputError
@@ -150,15 +150,6 @@ class PseudoSteps:
         return {"path": str(ctx.next_dataset)}
 
 
-def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with the defaults of fields added since the run started (so an older
-    run still resumes); unchanged if it no longer reads as a RoundsConfig."""
-    try:
-        return json.loads(json.dumps(config_to_dict(from_dict(RoundsConfig, stored, "state"))))
-    except (InputError, TypeError, ValueError, KeyError):
-        return stored
-
-
 def _fmt(value: float | None, signed: bool = False) -> str:
     return "" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
 
@@ -204,7 +195,7 @@ class RoundRunner:
         if not self.state_path.is_file():
             return {"config": config, "rounds": {}}
         state = json.loads(self.state_path.read_text())
-        state["config"] = _with_defaults(state["config"])
+        state["config"] = json.loads(json.dumps(with_defaults(RoundsConfig, state["config"], "state")))
         free = set(_RESUMABLE_CHANGES)
         if not any("filter" in steps for steps in state["rounds"].values()):
             free.add("filter")  # scores can be inspected before the threshold is chosen

@@ -23,13 +23,16 @@ class MemberSettings:
     rounds": on the quality-spread benchmark it ranks as well as the other reference-only
     sets and is the paper's "different models"). ``warm_start``: from round 2 on, each member
     starts from the weights of the previous round's member of its seed (a fresh optimizer and
-    schedule over the round's data) instead of from random weights."""
+    schedule over the round's data) instead of from random weights. ``pseudo_weight``: from
+    round 2 on, how much likelier each slice of a pseudo-labeled case is drawn than a slice
+    of a labeled one (``data.case_weights``; 1 = alike)."""
 
     seeds: tuple[int, ...] = (0, 1)
     tta: tuple[str, ...] = ()
     batch_size: int = 8
     networks: tuple[str, ...] = ("a", "b")
     warm_start: bool = False
+    pseudo_weight: float = 1.0
 
     @property
     def count(self) -> int:
@@ -84,6 +87,10 @@ class RoundsConfig:
             raise InputError(None, f"members.seeds {list(seeds)} with networks {list(networks)} "
                              f"and tta {list(self.members.tta)} give fewer than 2 distinct members",
                              "list 2+ distinct seeds, networks [a, b], or add a TTA flip")
+        if not self.members.pseudo_weight > 0:
+            raise InputError(None, f"members.pseudo_weight = {self.members.pseudo_weight} is "
+                             "invalid", "set it to a number > 0 (1: pseudo-labeled slices are "
+                             "drawn as often as labeled ones)")
         if bool(self.validation.cases) == (self.validation.dataset is not None):
             raise InputError(None, "give exactly one of validation.cases and validation.dataset",
                              "hold out labeled base cases, or name a labeled validation folder")

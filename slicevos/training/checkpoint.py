@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slicevos.config import config_to_dict
+from slicevos.config import config_to_dict, with_defaults
 from slicevos.errors import InputError, warn_input
 from slicevos.io.checkpoint import FORMAT, VERSION, load_checkpoint, make_payload, save_checkpoint
 from slicevos.training.config import RUN_CONTROL_FIELDS
@@ -42,10 +42,11 @@ def check_resume_config(path: Path, payload: dict[str, Any], config: Any, train:
     """
     train_at = f"config.{train_path}" if train_path else "train"
     ignore = frozenset(f"{train_at}.{name}" for name in RUN_CONTROL_FIELDS)
-    old = {"config": payload["config"]}
+    old = {"config": with_defaults(type(config), payload["config"])}  # fields added since
     new = {"config": config_to_dict(config)}
     if not train_path:
-        old["train"], new["train"] = payload.get("train"), config_to_dict(train)
+        old["train"] = with_defaults(type(train), payload.get("train"))
+        new["train"] = config_to_dict(train)
     diffs = config_differences(old, new, ignore)
     if not diffs:
         return

@@ -231,3 +231,33 @@ def test_a_run_started_before_a_config_field_existed_still_resumes(finished, dat
     drop_paths = lambda rows: [{k: v for k, v in r.items() if k != "checkpoints"}  # noqa: E731
                                for r in rows]
     assert drop_paths(_table(old)) == drop_paths(_table(finished))   # nothing was redone
+
+
+def test_pseudo_weight_weighs_the_pseudo_labeled_cases_from_round_2(tmp_path):
+    """members.pseudo_weight: the cases labeled in a round's dataset but not in the base
+    dataset get data.case_weights; round 1 and the default weight 1 set none."""
+    from slicevos.cli.run_rounds import ModelSteps
+    from slicevos.pseudo.rounds import PseudoSteps, RoundContext
+    from slicevos.pseudo.rounds_config import load_rounds_config
+
+    def folder(root, labeled):
+        for sub in ("imagesTr", "labelsTr"):
+            (root / sub).mkdir(parents=True)
+        for case in labeled:
+            (root / "imagesTr" / f"{case}_0000.nii.gz").touch()
+            (root / "labelsTr" / f"{case}.nii.gz").touch()
+        return root
+
+    base = folder(tmp_path / "base", ["case_a", "case_b"])
+    round_data = folder(tmp_path / "next", ["case_a", "case_b", "u_1", "u_7"])
+
+    def weights(weight: float, round_number: int):
+        config = load_rounds_config(CONFIG, [f"out_dir={tmp_path}", f"base_dataset={base}",
+                                             f"members.pseudo_weight={weight}"])
+        ctx = RoundContext(round_number, tmp_path / f"round_{round_number:02d}", round_data, {})
+        return ModelSteps(config, PseudoSteps(config))._reference_config(ctx, 0).data.case_weights
+
+    assert weights(0.5, 2) == {"u_1": 0.5, "u_7": 0.5}
+    assert weights(0.5, 1) is None and weights(1.0, 2) is None
+    with pytest.raises(InputError, match="pseudo_weight"):
+        load_rounds_config(CONFIG, [f"out_dir={tmp_path}", "members.pseudo_weight=0"])

@@ -188,3 +188,18 @@ def test_a_non_finite_loss_stops_training(tmp_path):
 def test_invalid_settings_are_input_errors(build, message):
     with pytest.raises(InputError, match=message):
         build()
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path):
+    from slicevos.training import save_checkpoint
+
+    run(tmp_path, 4)
+    payload = load_checkpoint(tmp_path / "last.pt")
+    del payload["config"]["width"]  # as written before ToyConfig had a width field
+    save_checkpoint(tmp_path / "last.pt", payload)
+    assert run(tmp_path, 8, resume=True).step == 8  # the missing field reads as its default
+    payload = load_checkpoint(tmp_path / "last.pt")
+    del payload["config"]["width"]
+    save_checkpoint(tmp_path / "last.pt", payload)
+    with pytest.raises(InputError, match=r"width: 8 -> 4"):
+        ToyTrainer(replace(toy_config(tmp_path, 12), width=4), resume=True).setup()
