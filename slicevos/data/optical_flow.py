@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from slicevos.config import check_fields
+from slicevos.preprocessing.padding import upsample_factor
 
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
            "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -94,10 +95,8 @@ class SliceFlow:
     @property
     def scale(self) -> float:
         """Size factor of the images the flow is computed on."""
-        largest = max(self.height, self.width)
-        if self.settings.upsample_below and largest < self.settings.upsample_below:
-            return float(min(2, np.ceil(self.settings.upsample_below / largest)))
-        return 1.0 / self.settings.downscale
+        factor = upsample_factor(self.height, self.width, self.settings.upsample_below)
+        return float(factor) if factor > 1 else 1.0 / self.settings.downscale
 
     def _dis(self) -> cv2.DISOpticalFlow:
         dis = getattr(self._local, "dis", None)

@@ -212,15 +212,23 @@ class SliceData:
         weights = None
         if config.foreground_slice_weight != 1 or config.case_weights:
             factors = case_weight_factors(self.train_cases, config.case_weights)
-            weights = [factor * (1 + (config.foreground_slice_weight - 1) * (
-                np.asarray(self.cache.class_areas(c))[:, 1:].sum(1) > 0))
-                for factor, c in zip(factors, self.train_cases, strict=True)]
+            weights = [factor * self._foreground_weights(c)
+                       for factor, c in zip(factors, self.train_cases, strict=True)]
         self.datasets: dict[str, SliceDataset] = {"labeled": self._dataset(
             SliceStream(LABELED_STREAM, self.train_cases, self._depths(self.train_cases), True,
                         weights))}
         if self.unlabeled_cases:
             self.datasets["unlabeled"] = self._dataset(SliceStream(
                 UNLABELED_STREAM, self.unlabeled_cases, self._depths(self.unlabeled_cases), False))
+
+    def _foreground_weights(self, case_id: str) -> np.ndarray:
+        """float (D,): ``foreground_slice_weight`` for slices holding a foreground class, 1
+        for the others (all 1, without reading the areas, when the weight is 1)."""
+        weight = self.config.foreground_slice_weight
+        if weight == 1:
+            return np.ones(self.cache.num_slices(case_id))
+        areas = np.asarray(self.cache.class_areas(case_id))
+        return 1 + (weight - 1) * (areas[:, 1:].sum(1) > 0)
 
     def _depths(self, cases: Sequence[str]) -> list[int]:
         return [self.cache.num_slices(c) for c in cases]

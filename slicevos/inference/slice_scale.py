@@ -10,26 +10,16 @@ the scan's own grid. Factor 1 is the identity (only the padding to the network s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from slicevos.preprocessing.padding import crop_to, pad_to_multiple
+from slicevos.preprocessing.padding import crop_to, pad_to_multiple, upsample_factor
 
-MAX_FACTOR = 2  # as the flow engine's upsample_below
+__all__ = ["NETWORK_UPSAMPLE_BELOW", "SliceScaler", "upsample_factor"]
+
 NETWORK_UPSAMPLE_BELOW = 256  # build_propagator and InferenceConfig (README, "Learned propagation")
-
-
-def upsample_factor(height: int, width: int, upsample_below: int,
-                    max_factor: int = MAX_FACTOR) -> int:
-    """1, or the smallest integer (at most ``max_factor``) that brings the longer side of a
-    slice smaller than ``upsample_below`` pixels to at least that size."""
-    largest = max(height, width)
-    if upsample_below <= 0 or largest >= upsample_below:
-        return 1
-    return int(min(max_factor, math.ceil(upsample_below / largest)))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Pad slices to a network stride and crop results back (no resampling, ever)."""
+"""Pad slices to a network stride and crop results back (no resampling here), and the factor
+by which small slices are upsampled before flow or a network (the resampling lives with them:
+``slicevos.data.optical_flow``, ``slicevos.inference.slice_scale``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,19 @@ import torch.nn.functional as F
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
     """Smallest (H', W') >= (height, width) with both divisible by ``multiple``."""
     return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+
+
+MAX_UPSAMPLE_FACTOR = 2
+
+
+def upsample_factor(height: int, width: int, upsample_below: int,
+                    max_factor: int = MAX_UPSAMPLE_FACTOR) -> int:
+    """1, or the smallest integer (at most ``max_factor``) that brings the longer side of a
+    slice smaller than ``upsample_below`` pixels to at least that size (0: never)."""
+    largest = max(height, width)
+    if upsample_below <= 0 or largest >= upsample_below:
+        return 1
+    return int(min(max_factor, math.ceil(upsample_below / largest)))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor:
