@@ -196,3 +196,52 @@ def test_cps_rejects_unknown_kind_and_mismatched_shapes() -> None:
         CPSLoss("l2")
     with pytest.raises(ValueError, match="differ in shape"):
         CPSLoss()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+
+
+# --- pixel masks and confident CPS -------------------------------------------------------------
+
+def test_pixel_mask_equals_the_loss_of_the_kept_pixels_alone() -> None:
+    logits, target = _random_case(seed=6, b=1, h=4, w=6)
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[:, :, :3] = True  # the left half
+    for dice_weight, ce_weight in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
+        loss = DiceCELoss(0.1, dice_weight, ce_weight)
+        expected = loss(logits[..., :3].contiguous(), target[..., :3].contiguous())
+        assert loss(logits, target, pixel_mask=mask).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert DiceCELoss()(logits, target, pixel_mask=torch.ones_like(mask)).item() == pytest.approx(
+        DiceCELoss()(logits, target).item(), rel=1e-6)
+
+
+def test_masked_out_pixels_get_no_gradient() -> None:
+    logits, target = _random_case(seed=7)
+    logits.requires_grad_(True)
+    mask = torch.rand(target.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    DiceCELoss()(logits, target, pixel_mask=mask).backward()
+    grad_per_pixel = logits.grad.abs().sum(1)
+    assert bool((grad_per_pixel[~mask] == 0).all()) and bool((grad_per_pixel[mask] > 0).all())
+
+
+def test_pixel_mask_must_match_the_target() -> None:
+    logits, target = _random_case()
+    with pytest.raises(ValueError, match="pixel_mask must be bool"):
+        DiceCELoss()(logits, target, pixel_mask=torch.ones(target.shape))
+    with pytest.raises(ValueError, match="pixel_mask must be bool"):
+        DiceCELoss()(logits, target, pixel_mask=torch.ones(1, 2, 2, dtype=torch.bool))
+
+
+def test_confident_cps_uses_only_pixels_the_teacher_is_sure_of() -> None:
+    student, _ = _random_case(seed=8, b=1, k=3, h=2, w=4)
+    teacher = torch.zeros(1, 3, 2, 4)
+    teacher[0, 1, 0] = 10.0   # top row: class 1, softmax peak ~1
+    teacher[0, 2, 1] = 0.5    # bottom row: class 2, peak ~0.45
+    for kind in ("dice", "ce", "dice_ce"):
+        sure = CPSLoss(kind, confidence=0.9)(student, teacher)
+        top_only = CPSLoss(kind)(student[:, :, :1].contiguous(), teacher[:, :, :1].contiguous())
+        assert sure.item() == pytest.approx(top_only.item(), rel=1e-5)
+        assert CPSLoss(kind, confidence=0.3)(student, teacher).item() == pytest.approx(
+            CPSLoss(kind)(student, teacher).item(), rel=1e-6)
+    student.requires_grad_(True)
+    CPSLoss("ce", confidence=0.9)(student, teacher).backward()
+    assert student.grad[0, :, 1].abs().sum() == 0 and student.grad[0, :, 0].abs().sum() > 0
+    with pytest.raises(ValueError, match="CPS confidence must be in"):
+        CPSLoss(confidence=1.0)

@@ -55,19 +55,32 @@ class ModelSteps:
         return resolve_relative_augment(config, path)
 
     def _pseudo_weights(self, ctx: RoundContext) -> list[str]:
-        """``data.case_weights`` giving the round's pseudo-labeled cases (labeled in its
-        dataset, not in the base dataset) ``members.pseudo_weight``; none in rounds 0-1."""
+        """``data.case_weights`` for the round's pseudo-labeled cases (labeled in its dataset, not
+        in the base dataset): ``members.pseudo_weight``, or the weight that gives them
+        ``members.pseudo_share`` of the draws (slice counts of the round's cache); none in
+        rounds 0-1."""
         import json
 
+        from slicevos.data.cache import SliceCache
         from slicevos.data.dataset_folder import discover_cases
+        from slicevos.pseudo.rounds_config import pseudo_share_weight
 
-        weight = self.config.members.pseudo_weight
-        if weight == 1 or ctx.round < 2:
+        members = self.config.members
+        if (members.pseudo_weight == 1 and members.pseudo_share is None) or ctx.round < 2:
             return []
         labeled = lambda folder: {c.case_id for c in discover_cases(folder, self.schema)  # noqa: E731
                                   if c.split == "labeled"}
         pseudo = sorted(labeled(ctx.dataset) - labeled(self.config.base_dataset))
-        return [f"data.case_weights={json.dumps(dict.fromkeys(pseudo, weight))}"] if pseudo else []
+        if not pseudo:
+            return []
+        weight = members.pseudo_weight
+        if members.pseudo_share is not None:
+            cache = SliceCache(ctx.cache)
+            slices = lambda cases: sum(cache.num_slices(c) for c in cases)  # noqa: E731
+            real = [c for c in cache.labeled_cases if c not in set(pseudo)
+                    and c not in self.config.validation.cases]
+            weight = pseudo_share_weight(members.pseudo_share, slices(real), slices(pseudo))
+        return [f"data.case_weights={json.dumps(dict.fromkeys(pseudo, round(weight, 6)))}"]
 
     def _members(self, ctx: RoundContext) -> list[Any]:
         from slicevos.inference.ensemble import reference_members

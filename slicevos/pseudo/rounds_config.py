@@ -25,7 +25,10 @@ class MemberSettings:
     starts from the weights of the previous round's member of its seed (a fresh optimizer and
     schedule over the round's data) instead of from random weights. ``pseudo_weight``: from
     round 2 on, how much likelier each slice of a pseudo-labeled case is drawn than a slice
-    of a labeled one (``data.case_weights``; 1 = alike)."""
+    of a labeled one (``data.case_weights``; 1 = alike). ``pseudo_share``: instead, the share of
+    the labeled draws that go to pseudo-labeled slices (e.g. 0.5: half real, half pseudo,
+    however many cases each side has); the weight follows from the round's slice counts
+    (``pseudo_share_weight``)."""
 
     seeds: tuple[int, ...] = (0, 1)
     tta: tuple[str, ...] = ()
@@ -33,6 +36,7 @@ class MemberSettings:
     networks: tuple[str, ...] = ("a", "b")
     warm_start: bool = False
     pseudo_weight: float = 1.0
+    pseudo_share: float | None = None
 
     @property
     def count(self) -> int:
@@ -91,9 +95,25 @@ class RoundsConfig:
             raise InputError(None, f"members.pseudo_weight = {self.members.pseudo_weight} is "
                              "invalid", "set it to a number > 0 (1: pseudo-labeled slices are "
                              "drawn as often as labeled ones)")
+        share = self.members.pseudo_share
+        if share is not None and not 0 < share < 1:
+            raise InputError(None, f"members.pseudo_share = {share} is invalid",
+                             "set a fraction between 0 and 1, e.g. 0.5, or null")
+        if share is not None and self.members.pseudo_weight != 1:
+            raise InputError(None, "members.pseudo_share and members.pseudo_weight are both set",
+                             "keep one of them (pseudo_weight at 1)")
         if bool(self.validation.cases) == (self.validation.dataset is not None):
             raise InputError(None, "give exactly one of validation.cases and validation.dataset",
                              "hold out labeled base cases, or name a labeled validation folder")
+
+
+def pseudo_share_weight(share: float, labeled_slices: int, pseudo_slices: int) -> float:
+    """The per-slice weight of pseudo-labeled slices (labeled ones weigh 1) under which they make
+    up ``share`` of the draws: ``w * P / (w * P + L) = share``."""
+    if labeled_slices <= 0 or pseudo_slices <= 0:
+        raise ValueError(f"need labeled and pseudo-labeled slices, got {labeled_slices} and "
+                         f"{pseudo_slices}")
+    return share / (1 - share) * labeled_slices / pseudo_slices
 
 
 def load_rounds_config(path: str | os.PathLike, assignments: Sequence[str] = ()) -> RoundsConfig:

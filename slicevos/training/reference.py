@@ -44,12 +44,15 @@ class SupervisedLossConfig:
 
 @dataclass(frozen=True)
 class CPSTrainingConfig:
-    """``mode``: "cps" (labeled + unlabeled) or "supervised" (labeled only, same schedule)."""
+    """``mode``: "cps" (labeled + unlabeled) or "supervised" (labeled only, same schedule).
+    ``confidence``: the CPS targets keep only the pixels where the teacher network's softmax
+    peak reaches it (0: every pixel, the paper's CPS; see ``slicevos.losses.cps``)."""
 
     mode: str = "cps"
     loss: str = "dice"
     weight: float = 1.0
     rampup_iterations: int = 0
+    confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -57,6 +60,9 @@ class CPSTrainingConfig:
         if self.loss not in CPS_KINDS:
             raise InputError(None, f"cps.loss = {self.loss!r} is invalid",
                              f"use one of {sorted(CPS_KINDS)}")
+        if not 0 <= self.confidence < 1:
+            raise InputError(None, f"cps.confidence = {self.confidence} is out of range",
+                             "use a softmax probability in [0, 1), e.g. 0.9 (0 = every pixel)")
 
     def weight_at(self, step: int) -> float:
         if self.rampup_iterations <= 0 or step >= self.rampup_iterations:
@@ -97,7 +103,7 @@ class ReferenceTrainer(Trainer):
         self.data = SliceData(config.data, self.schema, rank=self.dist.rank)
         self.sup_loss = DiceCELoss(config.loss.smoothing, config.loss.dice_weight,
                                    config.loss.ce_weight)
-        self.cps_loss = CPSLoss(config.cps.loss)
+        self.cps_loss = CPSLoss(config.cps.loss, confidence=config.cps.confidence)
         self._loaders: dict[str, Any] = {}
 
     def state_dict_extra(self) -> dict[str, Any]:

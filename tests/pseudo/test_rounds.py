@@ -261,3 +261,51 @@ def test_pseudo_weight_weighs_the_pseudo_labeled_cases_from_round_2(tmp_path):
     assert weights(0.5, 1) is None and weights(1.0, 2) is None
     with pytest.raises(InputError, match="pseudo_weight"):
         load_rounds_config(CONFIG, [f"out_dir={tmp_path}", "members.pseudo_weight=0"])
+
+
+def test_pseudo_share_sets_the_weight_from_the_slice_counts(tmp_path):
+    """members.pseudo_share: pseudo-labeled slices get the weight under which they make up that
+    share of the labeled draws (here 2 real and 2 pseudo cases of 12 slices each)."""
+    from slicevos.cli.run_rounds import ModelSteps
+    from slicevos.data.cache_build import PrepareConfig, prepare_cache
+    from slicevos.pseudo.rounds import PseudoSteps, RoundContext
+    from slicevos.pseudo.rounds_config import load_rounds_config, pseudo_share_weight
+
+    assert pseudo_share_weight(0.5, 40, 10) == pytest.approx(4.0)  # 4 * 10 / (4 * 10 + 40)
+    assert pseudo_share_weight(0.2, 12, 48) == pytest.approx(0.0625)
+    with pytest.raises(ValueError, match="need labeled and pseudo-labeled slices"):
+        pseudo_share_weight(0.5, 12, 0)
+    base = tiny_dataset(tmp_path / "base", n_labeled=2, n_unlabeled=0)
+    round_data = tiny_dataset(tmp_path / "next", n_labeled=4, n_unlabeled=0)
+    ctx = RoundContext(2, tmp_path / "round_02", round_data, {})
+    prepare_cache(round_data, ctx.cache, PrepareConfig(workers=1), progress=False)
+
+    def weights(*assignments: str):
+        config = load_rounds_config(CONFIG, [f"out_dir={tmp_path}", f"base_dataset={base}",
+                                             "validation.cases=[]",
+                                             f"validation.dataset={tmp_path / 'val'}", *assignments])
+        return ModelSteps(config, PseudoSteps(config))._reference_config(ctx, 0).data.case_weights
+
+    assert weights("members.pseudo_share=0.75") == {"phantom_0002": 3.0, "phantom_0003": 3.0}
+    assert weights("members.pseudo_share=0.5") == {"phantom_0002": 1.0, "phantom_0003": 1.0}
+    for bad, message in (("members.pseudo_share=1.0", "pseudo_share = 1.0 is invalid"),
+                         ("members.pseudo_weight=2", "are both set")):
+        with pytest.raises(InputError, match=message):
+            load_rounds_config(CONFIG, [f"out_dir={tmp_path}", "members.pseudo_share=0.5", bad])
+
+
+@pytest.mark.parametrize("name", ["fast_cpu.yaml", "scarce_cpu.yaml"])
+def test_shipped_cpu_rounds_configs_build_their_member_configs(name, tmp_path):
+    """The CPU rounds configs load, and their overrides reach the members: CPS weight 0.3 in
+    round 1, supervised in round 0."""
+    from slicevos.cli.run_rounds import ModelSteps
+    from slicevos.pseudo.rounds import PseudoSteps, RoundContext
+    from slicevos.pseudo.rounds_config import load_rounds_config
+
+    config = load_rounds_config(ROOT / "configs" / "rounds" / name, [f"out_dir={tmp_path}"])
+    steps = ModelSteps(config, PseudoSteps(config))
+    member = lambda r: steps._reference_config(  # noqa: E731
+        RoundContext(r, tmp_path / f"round_{r:02d}", Path(config.base_dataset), {}), 0)
+    assert member(1).cps.mode == "cps" and member(1).cps.weight == pytest.approx(0.3)
+    assert member(0).cps.mode == "supervised"
+    assert member(1).data.crop_size == (96, 96)

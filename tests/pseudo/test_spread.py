@@ -78,7 +78,8 @@ def test_labeled_split_is_a_validation_set_spread_like_the_pool(tmp_path):
 
 
 def test_shipped_pool_configs_load():
-    for name in ("spread_pool.yaml", "spread_pool_fast.yaml", "spread_val_fast.yaml"):
+    for name in ("spread_pool.yaml", "spread_pool_fast.yaml", "spread_val_fast.yaml",
+                 "spread_pool_scarce.yaml"):
         config = load_spread_config(ROOT / "configs" / "rounds" / name)
         assert len(plan_pool(config)) == len(config.conditions) * config.seeds_per_condition
     raw = yaml.safe_load((ROOT / "configs" / "rounds" / "spread_pool.yaml").read_text())

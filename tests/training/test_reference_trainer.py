@@ -153,3 +153,18 @@ def test_flare23_schema_on_a_flare22_cache(cache_dir, tmp_path):
     metrics = trainer.fit()
     assert trainer.module.net_a.num_classes == 15
     assert "dice/tumor" not in metrics and "dice/liver" in metrics
+
+
+def test_confident_cps_trains_and_a_bad_threshold_is_refused(cache_dir, tmp_path):
+    from slicevos.errors import InputError
+
+    config = tiny_config(cache_dir, tmp_path / "conf", "train.iterations=3", "train.val_every=3",
+                         "cps.confidence=0.5", "cps.loss=ce", "data.val_cases=[phantom_0000]")
+    trainer = ReferenceTrainer(config)
+    assert trainer.cps_loss.confidence == 0.5
+    trainer.fit()
+    header, *rows = (tmp_path / "conf" / "metrics.csv").read_text().splitlines()
+    cps = [float(r.split(",")[header.split(",").index("train/loss_cps")]) for r in rows]
+    assert cps and all(np.isfinite(cps))
+    with pytest.raises(InputError, match=r"cps\.confidence = 1\.5 is out of range"):
+        tiny_config(cache_dir, tmp_path / "bad", "cps.confidence=1.5")
