@@ -111,8 +111,9 @@ def pseudo_share_weight(share: float, labeled_slices: int, pseudo_slices: int) -
     """The per-slice weight of pseudo-labeled slices (labeled ones weigh 1) under which they make
     up ``share`` of the draws: ``w * P / (w * P + L) = share``."""
     if labeled_slices <= 0 or pseudo_slices <= 0:
-        raise ValueError(f"need labeled and pseudo-labeled slices, got {labeled_slices} and "
-                         f"{pseudo_slices}")
+        raise InputError(None, f"members.pseudo_share needs labeled and pseudo-labeled training "
+                         f"slices, got {labeled_slices} and {pseudo_slices}",
+                         "keep a labeled base case out of validation, or set pseudo_share: null")
     return share / (1 - share) * labeled_slices / pseudo_slices
 
 

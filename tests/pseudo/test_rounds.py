@@ -273,7 +273,7 @@ def test_pseudo_share_sets_the_weight_from_the_slice_counts(tmp_path):
 
     assert pseudo_share_weight(0.5, 40, 10) == pytest.approx(4.0)  # 4 * 10 / (4 * 10 + 40)
     assert pseudo_share_weight(0.2, 12, 48) == pytest.approx(0.0625)
-    with pytest.raises(ValueError, match="need labeled and pseudo-labeled slices"):
+    with pytest.raises(InputError, match="needs labeled and pseudo-labeled training slices"):
         pseudo_share_weight(0.5, 12, 0)
     base = tiny_dataset(tmp_path / "base", n_labeled=2, n_unlabeled=0)
     round_data = tiny_dataset(tmp_path / "next", n_labeled=4, n_unlabeled=0)
