@@ -63,6 +63,7 @@ class ModelSteps:
 
         from slicevos.data.cache import SliceCache
         from slicevos.data.dataset_folder import discover_cases
+        from slicevos.data.sampling import split_cases
         from slicevos.pseudo.rounds_config import pseudo_share_weight
 
         members = self.config.members
@@ -77,8 +78,8 @@ class ModelSteps:
         if members.pseudo_share is not None:
             cache = SliceCache(ctx.cache)
             slices = lambda cases: sum(cache.num_slices(c) for c in cases)  # noqa: E731
-            real = [c for c in cache.labeled_cases if c not in set(pseudo)
-                    and c not in self.config.validation.cases]
+            train, _ = split_cases(cache, self.config.validation.cases, 0.0, 0)  # as the members
+            real = sorted(set(train) - set(pseudo))
             weight = pseudo_share_weight(members.pseudo_share, slices(real), slices(pseudo))
         return [f"data.case_weights={json.dumps(dict.fromkeys(pseudo, round(weight, 6)))}"]
 
