@@ -30,6 +30,25 @@ class InputWarning(UserWarning):
     """Input that is readable but looks suspicious (e.g. intensities that are not HU)."""
 
 
-def warn_input(path: str | PathLike | None, problem: str, hint: str) -> None:
+def warn_input(path: str | PathLike | None, problem: str, fix: str) -> None:
+    """Warn with the one-line form of the errors: ``FILE: problem. Fix: fix`` (the tools print
+    it as ``warning: ...``, see :func:`show_input_warnings`)."""
     where = f"{path}: " if path else ""
-    warnings.warn(f"{where}{problem}. {hint}", InputWarning, stacklevel=3)
+    warnings.warn(f"{where}{problem}. Fix: {fix}", InputWarning, stacklevel=3)
+
+
+def show_input_warnings() -> None:
+    """Format every ``InputWarning`` from now on as one line, ``warning: FILE: problem. Fix:
+    ...``, without Python's module path and source line; other warnings keep Python's format.
+    Only the format changes: filters, and tools that record warnings, work as before."""
+    default = warnings.formatwarning
+    if getattr(default, "slicevos_one_line", False):
+        return
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, InputWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    one_line.slicevos_one_line = True
+    warnings.formatwarning = one_line

@@ -4,6 +4,8 @@ and nothing is written."""
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -225,3 +227,23 @@ def test_a_broken_qform_beside_a_valid_sform_is_ignored(tmp_path):
     out = tmp_path / "seg.nii.gz"
     save_labels(np.zeros((10, 9, 8), np.uint8), load_volume(path), out)
     np.testing.assert_allclose(nib.load(out).affine, np.diag([0.8, 0.8, 2.5, 1.0]))
+
+
+def test_input_warnings_print_on_one_line(tmp_path) -> None:
+    """A tool's input warning is one line, ``warning: FILE: problem. Fix: ...``, without
+    Python's module path and source line."""
+    ct = tmp_path / "bright.nii.gz"
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.integers(0, 400, (24, 24, 12)).astype(np.int16), np.eye(4)), ct)
+    keys = tmp_path / "keys.nii.gz"
+    drawn = np.zeros((24, 24, 12), np.uint8)
+    drawn[8:14, 8:14, 3] = 1
+    nib.save(nib.Nifti1Image(drawn, np.eye(4)), keys)
+    done = subprocess.run([sys.executable, "-m", "slicevos.cli.infer_volume", str(ct),
+                           str(tmp_path / "seg.nii.gz"), "--keys", str(keys), "--schema",
+                           "flare22", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "Hounsfield" in line]
+    assert len(warned) == 1
+    assert warned[0].startswith(f"warning: {ct}: intensities range") and ". Fix: " in warned[0]
+    assert "warn_if_not_hu" not in done.stderr and "Warning:" not in done.stderr

@@ -46,7 +46,27 @@ def test_quality_on_phantoms_with_checkpoints_of_both_modes(
                  str(tmp_path / "joint" / "last.pt"), str(tmp_path / "guided" / "last.pt")]) == 0
     out = capsys.readouterr().out
     assert "phantom_s1000, phantom_s1001" in out
-    methods = {line[9:].split("  ")[0] for line in out.splitlines()
-               if line.startswith("every 5")}
+    methods = {line[13:].split("  ")[0] for line in out.splitlines()
+               if line.startswith("every 5 @")}
     assert {"nearest copy", "stcn per_object", "stcn joint", "guided guided",
-            "fused guided"} <= methods
+            "fused guided", "flow", "flow + rules"} <= methods
+    assert {line[:13].strip() for line in out.splitlines() if line.startswith("every 5 @")} \
+        == {"every 5 @0", "every 5 @2"}  # both key offsets by default
+
+
+def test_quality_on_multi_tumor_phantoms_keeps_every_tumor(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Phantoms with several tumors: the tumor column is reported, and the pipeline's component
+    rules (``flow + rules``) score the tumors exactly as flow alone: no lesion is cut."""
+    assert main(["--parts", "quality", "--data", "tumor_phantom", "--phantom-cases", "1",
+                 "--phantom-shape", "60", "64", "64", "--key-steps", "4",
+                 "--key-offsets", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    organs = next(line for line in lines if line.startswith("keys")).split()[3:-2]
+
+    def tumor_dsc(method: str) -> float:
+        row = next(line for line in lines if line.startswith("every 4 @1")
+                   and line[13:].split("  ")[0] == method and " all " in line)
+        return float(row.split()[-len(organs) - 2:][organs.index("tumor")])
+
+    assert tumor_dsc("flow + rules") == tumor_dsc("flow") > 0

@@ -223,3 +223,47 @@ def test_fused_engine_mixes_a_network_with_flow(mode: str) -> None:
     out = session.run()
     assert out.shape == labels.shape and set(np.unique(out)) <= set(range(10))
     assert np.isfinite(session.slice_uncertainty).all()
+
+
+def _static_volume(depth: int = 21, size: int = 64) -> np.ndarray:
+    """A still, textured HU volume: flow is near identity, so only the shapes decide."""
+    rng = np.random.default_rng(0)
+    texture = rng.normal(0, 60, (size, size)).astype(np.float32)
+    return np.repeat(texture[None], depth, axis=0) + 40.0
+
+
+def _disk(size: int, cy: int, cx: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+
+
+@pytest.mark.parametrize("outside_depth, persists", [(0.3, True), (None, False)])
+def test_a_lesion_far_from_the_other_keys_lesions_fades_like_an_absent_one(
+        outside_depth: float | None, persists: bool) -> None:
+    """One class (a tumor) with a lesion at P on key 0 and another at Q, far away, on key 20:
+    with the outside floor each lesion fades over the first part of the gap as an object on
+    one key only does; with plain clipped distances (None) it vanishes next to its key."""
+    hu, size = _static_volume(), 64
+    first, last = np.zeros((size, size), np.uint8), np.zeros((size, size), np.uint8)
+    first[_disk(size, 16, 16, 6)] = 14
+    last[_disk(size, 48, 48, 6)] = 14
+    labels = propagate(hu, {0: first, 20: last},
+                       FlowConfig(outside_depth=outside_depth, use_confidence=False))
+    near_first, near_last = labels[2][_disk(size, 16, 16, 6)], labels[18][_disk(size, 48, 48, 6)]
+    assert bool((near_first == 14).mean() > 0.5) is persists
+    assert bool((near_last == 14).mean() > 0.5) is persists
+    assert not (labels[10] == 14).any() or persists  # gone by the middle without the floor
+
+
+def test_a_small_lesion_inside_its_host_is_not_swallowed_by_the_host() -> None:
+    """A lesion inside a liver on key 0 only: next to its key it stays a lesion, because the
+    argmax compares depths relative to each object's size, not the liver's larger depth."""
+    hu, size = _static_volume(), 64
+    liver = _disk(size, 32, 32, 24)
+    lesion = _disk(size, 32, 32, 3)
+    first = np.where(liver, 1, 0).astype(np.uint8)
+    first[lesion] = 14
+    last = np.where(liver, 1, 0).astype(np.uint8)
+    labels = propagate(hu, {0: first, 20: last}, FlowConfig(use_confidence=False))
+    assert (labels[1][lesion] == 14).mean() > 0.5
+    assert (labels[19][lesion] == 1).all()  # near the key without it, the host again

@@ -152,3 +152,30 @@ def test_real_canonical_orientation_is_anatomical(real_data):
     # spine is posterior: bone (> 300 HU) centroid in the back half of the rows
     bone_y = np.argwhere(vol.hu > 300)[:, 1].mean()
     assert bone_y > vol.shape[1] / 2
+
+
+def test_file_slice_indices_follow_the_file_axis() -> None:
+    """An inferior-first (S) and a superior-first (I) file number their slices oppositely."""
+    up = Geometry(np.diag([1.0, 1.0, 2.0, 1.0]), (4, 4, 10))
+    down = Geometry(np.diag([1.0, 1.0, -2.0, 1.0]), (4, 4, 10))
+    assert [up.slice_index(i) for i in (0, 3, 9)] == [0, 3, 9]
+    assert [down.slice_index(i) for i in (0, 3, 9)] == [9, 6, 0]
+    assert all(down.slice_index(down.slice_index(i)) == i for i in range(10))
+
+
+def test_saved_key_list_counts_file_slices_and_reads_back(tmp_path) -> None:
+    """save_labels writes canonical keys as the file's own slice indices; read_key_slices
+    turns them back, empty keys included, on a superior-first (flipped) file."""
+    import json
+
+    from slicevos.inference.user_keys import read_key_slices
+    from slicevos.io.volume import Volume
+
+    geometry = Geometry(np.diag([1.0, 1.0, -2.0, 1.0]), (6, 5, 10))
+    labels = np.zeros(geometry.canonical_shape, np.uint8)
+    labels[2, 1:3, 1:3] = 1
+    path = save_labels(labels, geometry, tmp_path / "keys.nii.gz", FLARE22, key_slices=[2, 7])
+    assert json.loads(label_map_path(path).read_text())["key_slices"] == [2, 7]  # 9-7, 9-2
+    volume = Volume(np.zeros(geometry.canonical_shape, np.float32) - 1000, geometry)
+    keys = read_key_slices(path, volume, FLARE22)
+    assert sorted(keys) == [2, 7] and keys[2].any() and not keys[7].any()

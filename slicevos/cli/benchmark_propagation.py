@@ -13,12 +13,16 @@ Parts (``--parts``):
 
 - ``quality``: on the real volumes in ``--data`` with at least 20 slices (or, with ``--data
   phantom``, ``--phantom-cases`` phantoms of ``--phantom-shape`` from seeds ``--phantom-seed``,
-  +1, ...: pick seeds no training set used), the true FLARE labels on every N-th slice
-  (N = 5, 10, 20) are the keys; per-organ DSC on all other slices for nearest-key copy, ITK
+  +1, ...: pick seeds no training set used; ``--data tumor_phantom``: phantoms with 2 or more
+  liver/kidney tumors, FLARE23), the true labels on every N-th slice (N = 5, 10, 20) from
+  each of ``--key-offsets`` (default 0 and N // 2: a score must not hinge on where the keys
+  start) are the keys; per-organ DSC on all other slices for nearest-key copy, ITK
   morphological contour interpolation (when ``itk`` is installed) and, with ``--checkpoint``
   (one or more), trained propagation models through the session as their own engine's row
   (``stcn``, or ``guided`` for a flow-guided checkpoint) and ``fused`` rows; the flow engine's rows (``--flow-variants``: default settings and any overrides) in
-  any case. Each score is given on all non-key slices, on the organs' "bulk" and on their
+  any case, and ``flow + rules``: what ``slicevos-infer --keys`` writes with default options
+  (the pipeline: flow, then the schema's component rules, drawn keys kept). Each score is
+  given on all non-key slices, on the organs' "bulk" and on their
   "ends" (``slicevos.benchmarks.propagation_quality``), with seconds per volume.
 - ``flow_speed``: wall time, seconds per propagated slice and peak RSS of the flow engine
   (and, with ``--checkpoint``, of the checkpoints' engines) on a 512x512x150 phantom with 13
@@ -45,17 +49,20 @@ from slicevos.benchmarks.propagation_quality import SPLITS, split_dice
 from slicevos.cli.common import run_cli
 from slicevos.config import apply_overrides, config_to_dict, from_dict, load_config
 from slicevos.data.phantom import PhantomConfig, make_phantom
+from slicevos.inference.config import InferenceConfig
 from slicevos.inference.engines import FusionWeights, build_propagator, checkpoint_engine
 from slicevos.inference.flow import FlowConfig, FlowPropagator
+from slicevos.inference.pipeline import VolumePipeline
 from slicevos.inference.propagation import Propagator
 from slicevos.inference.slice_scale import NETWORK_UPSAMPLE_BELOW
-from slicevos.io import FLARE22, load_labels, load_volume
+from slicevos.io import FLARE22, FLARE23, Volume, load_labels, load_volume
 from slicevos.metrics.efficiency import EfficiencyMeter
 from slicevos.models.propagation import PropagationNet
 from slicevos.preprocessing.windowing import window_volume
 from slicevos.training.propagation import PropagationConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "propagation"
+INFERENCE_DEFAULT = CONFIGS.parent / "inference" / "default.yaml"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
 
@@ -130,13 +137,21 @@ def part_memory(config: str, size: int, depth: int) -> None:
 
 
 def _propagate_with(propagator: Any) -> Any:
-    """fn(keys, depth, hu) -> labels through a session of ``propagator`` (any engine)."""
-    def propagate(keys: dict[int, np.ndarray], depth: int, hu: np.ndarray) -> np.ndarray:
-        session = propagator.start(window_volume(hu, propagator.windows))
+    """fn(keys, volume) -> labels through a session of ``propagator`` (any engine)."""
+    def propagate(keys: dict[int, np.ndarray], volume: Volume) -> np.ndarray:
+        session = propagator.start(window_volume(volume.hu, propagator.windows))
         for z, labels in keys.items():
             session.add_mask(z, labels)
         return session.run()
     return propagate
+
+
+def _infer_default() -> Any:
+    """fn(keys, volume) -> what ``slicevos-infer --keys`` writes with its default config
+    (the pipeline: flow engine, component rules of the FLARE23 schema, keys as drawn)."""
+    config = load_config(INFERENCE_DEFAULT, InferenceConfig)
+    pipeline = VolumePipeline.from_checkpoints(None, config=config, schema=FLARE23)
+    return lambda keys, volume: pipeline.run(volume, keys).labels
 
 
 def _flow_config(variant: str) -> FlowConfig:
@@ -151,87 +166,124 @@ def _flow_config(variant: str) -> FlowConfig:
 def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("default",),
              stcn_weights: Sequence[float] = (0.5,),
              upsample_below: Sequence[int] = (NETWORK_UPSAMPLE_BELOW,)) -> dict[str, Any]:
-    """name -> fn(keys, depth, hu) giving the labels (depth, H, W)."""
-    methods: dict[str, Any] = {"nearest copy": lambda keys, depth, hu: nearest_key_copy(keys,
-                                                                                     depth)}
+    """name -> fn(keys, volume) giving the labels (depth, H, W)."""
+    methods: dict[str, Any] = {
+        "nearest copy": lambda keys, volume: nearest_key_copy(keys, volume.num_slices)}
     if importlib.util.find_spec("itk") is not None:
-        methods["contour interp"] = lambda keys, depth, hu: contour_interpolation(keys, depth)
+        methods["contour interp"] = lambda keys, volume: contour_interpolation(
+            keys, volume.num_slices)
     else:
         print("note: itk is not installed; contour interpolation skipped (pip install "
               '"slicevos[interp]")')
     for variant in flow_variants:
         methods["flow" if variant == "default" else f"flow {variant}"] = _propagate_with(
             FlowPropagator(_flow_config(variant)))
+    methods["flow + rules"] = _infer_default()
     for name, propagator in _checkpoint_engines(checkpoints, stcn_weights, upsample_below):
         methods[name] = _propagate_with(propagator)
     return methods
 
 
-def _real_cases(data: Path, names: Sequence[str] | None = None
-                ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, HU (D, H, W), FLARE22 labels) of the real volumes with >= 20 slices."""
+Case = tuple[str, Volume, np.ndarray]  # name, volume, true labels (D, H, W)
+
+
+def _real_cases(data: Path, names: Sequence[str] | None = None) -> Iterator[Case]:
+    """(name, volume, FLARE22 labels) of the real volumes with >= 20 slices."""
     for label_file in sorted(data.glob("*/label_flare.nii.gz")):
         if names and label_file.parent.name not in names:
             continue
         volume = load_volume(label_file.parent / "ct.nii.gz")
         truth, _ = load_labels(label_file, reference=volume, schema=FLARE22)
         if len(truth) >= 20:
-            yield label_file.parent.name, volume.hu, truth
+            yield label_file.parent.name, volume, truth
 
 
-def _phantom_cases(count: int, shape: Sequence[int], seed: int
-                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    for s in range(seed, seed + count):
-        phantom = make_phantom(s, PhantomConfig(shape=tuple(shape)))
-        yield f"phantom_s{s}", phantom.hu, phantom.labels
+def _phantom_cases(count: int, shape: Sequence[int], seed: int,
+                   tumors: bool = False) -> Iterator[Case]:
+    """``count`` phantoms from seed ``seed`` on; ``tumors``: only phantoms with 2 or more
+    tumors (FLARE23 labels; seeds without are skipped)."""
+    config = PhantomConfig(shape=tuple(shape), with_tumors=tumors, tumor_probability=1.0,
+                           max_tumors=4, tumor_organs=("liver", "right_kidney", "left_kidney"))
+    found, s = 0, seed
+    while found < count:
+        phantom = make_phantom(s, config)
+        s += 1
+        if tumors and len(phantom.tumors) < 2:
+            continue
+        found += 1
+        yield f"phantom_s{s - 1}", phantom.to_volume(), phantom.labels
 
 
-def part_quality(cases: Iterator[tuple[str, np.ndarray, np.ndarray]], steps: Sequence[int],
+def key_layouts(steps: Sequence[int], offsets: Sequence[int] | None) -> list[tuple[int, int]]:
+    """(step, offset) pairs: each step from each offset (None: 0 and step // 2), offsets
+    reduced modulo the step, without repeats."""
+    pairs = []
+    for step in steps:
+        for offset in (offsets if offsets is not None else (0, step // 2)):
+            if (step, offset % step) not in pairs:
+                pairs.append((step, offset % step))
+    return pairs
+
+
+ScoreTable = dict[tuple[int, int, str, str], dict[str, list[float]]]
+
+
+def part_quality(cases: Iterator[Case], steps: Sequence[int],
                  checkpoints: Sequence[str] = (), flow_variants: Sequence[str] = ("default",),
                  stcn_weights: Sequence[float] = (0.5,), per_case: bool = False,
-                 upsample_below: Sequence[int] = (NETWORK_UPSAMPLE_BELOW,)) -> None:
+                 upsample_below: Sequence[int] = (NETWORK_UPSAMPLE_BELOW,),
+                 offsets: Sequence[int] | None = None) -> ScoreTable:
     """Per-organ DSC (all non-key slices, bulk, ends: ``slicevos.benchmarks.propagation_quality``)
-    of every method, mean over the volumes; ``per_case`` also prints each volume's table."""
+    of every method at every key layout (``key_layouts``), mean over the volumes; ``per_case``
+    also prints each volume's table. Returns the mean table's lists of scores."""
     methods = _methods(checkpoints, flow_variants, stcn_weights, upsample_below)
-    total: dict[tuple[int, str, str], dict[str, list[float]]] = {}
+    total: ScoreTable = {}
     used = []
-    for case_name, hu, truth in cases:
+    uncovered: dict[tuple[int, int], list[str]] = {}
+    for case_name, volume, truth in cases:
         used.append(case_name)
-        case: dict[tuple[int, str, str], dict[str, list[float]]] = {}
-        for step in steps:
-            keys = list(range(0, len(truth), step))
+        case: ScoreTable = {}
+        for step, offset in key_layouts(steps, offsets):
+            keys = list(range(offset, len(truth), step))
+            missed = np.setdiff1d(np.unique(truth), np.unique(truth[keys]))
+            uncovered.setdefault((step, offset), []).extend(
+                f"{case_name}:{FLARE23.by_id(int(c)).name}" for c in missed if c)
             for name, method in methods.items():
                 start = time.perf_counter()
-                pred = method({z: truth[z] for z in keys}, len(truth), hu)
+                pred = method({z: truth[z] for z in keys}, volume)
                 seconds = time.perf_counter() - start
-                scores = split_dice(truth, pred, keys, FLARE22.ids)
+                scores = split_dice(truth, pred, keys, FLARE23.ids)
                 for split, table in scores.items():
                     for target in (total, case):
-                        row = target.setdefault((step, name, split), {})
+                        row = target.setdefault((step, offset, name, split), {})
                         row.setdefault("seconds", []).append(seconds)
                         for class_id, value in table.items():
-                            row.setdefault(FLARE22.by_id(class_id).name, []).append(value)
+                            row.setdefault(FLARE23.by_id(class_id).name, []).append(value)
         if per_case:
             _print_table(case, [case_name])
     _print_table(total, used)
+    print("\norgans on no key slice (no engine can propagate them; they score 0 above):")
+    for (step, offset), names in uncovered.items():
+        print(f"  every {step} @{offset}: {', '.join(names) or 'none'}")
+    return total
 
 
-def _print_table(scores: dict[tuple[int, str, str], dict[str, list[float]]],
-                 cases: Sequence[str]) -> None:
-    organs = [c.name for c in FLARE22.classes if any(c.name in t for t in scores.values())]
+def _print_table(scores: ScoreTable, cases: Sequence[str]) -> None:
+    organs = [c.name for c in FLARE23.classes if any(c.name in t for t in scores.values())]
     short = {n: n.replace("inferior_vena_cava", "ivc").replace("_adrenal_gland", "_adr")[:9]
              for n in organs}
-    names = {name for _, name, _ in scores}
-    print(f"\nDSC on non-key slices (all / bulk / ends), mean over {', '.join(cases)}")
+    names = {name for _, _, name, _ in scores}
+    print(f"\nDSC on non-key slices (all / bulk / ends), mean over {', '.join(cases)}; "
+          "keys: every N @ first key")
     width = max(16, *(len(n) + 2 for n in names))
-    print(f"{'keys':<9}{'method':<{width}}{'split':<6}"
+    print(f"{'keys':<13}{'method':<{width}}{'split':<6}"
           + "".join(f"{short[o]:>10}" for o in organs) + f"{'mean':>8}{'s/vol':>8}")
-    order = {name: i for i, name in enumerate(dict.fromkeys(n for _, n, _ in scores))}
-    for step, name, split in sorted(scores, key=lambda k: (k[0], order[k[1]],
-                                                           SPLITS.index(k[2]))):
-        table = scores[(step, name, split)]
+    order = {name: i for i, name in enumerate(dict.fromkeys(n for _, _, n, _ in scores))}
+    for step, offset, name, split in sorted(scores, key=lambda k: (k[0], k[1], order[k[2]],
+                                                                   SPLITS.index(k[3]))):
+        table = scores[(step, offset, name, split)]
         means = [float(np.mean(table[o])) if o in table else float("nan") for o in organs]
-        print(f"{'every ' + str(step):<9}{name:<{width}}{split:<6}"
+        print(f"{f'every {step} @{offset}':<13}{name:<{width}}{split:<6}"
               + "".join(f"{m:>10.3f}" for m in means)
               + f"{np.nanmean(means):>8.3f}{np.mean(table['seconds']):>8.1f}")
 
@@ -300,10 +352,12 @@ def _body(args: argparse.Namespace) -> int:
         part_flow_speed(args.flow_size, args.flow_depth, args.flow_step,
                         args.checkpoint or (), args.stcn_weights)
     if "quality" in args.parts:
-        cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed)
-                 if args.data == "phantom" else _real_cases(Path(args.data), args.cases))
+        cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed,
+                                tumors=args.data == "tumor_phantom")
+                 if args.data in ("phantom", "tumor_phantom")
+                 else _real_cases(Path(args.data), args.cases))
         part_quality(cases, args.key_steps, args.checkpoint or (), args.flow_variants,
-                     args.stcn_weights, args.per_case, args.upsample_below)
+                     args.stcn_weights, args.per_case, args.upsample_below, args.key_offsets)
     return 0
 
 
@@ -324,13 +378,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-size", type=int, default=512)
     parser.add_argument("--memory-depth", type=int, default=300)
     parser.add_argument("--data", default=str(DEFAULT_DATA),
-                        help="quality: real cases folder, or 'phantom'")
+                        help="quality: real cases folder, 'phantom', or 'tumor_phantom' "
+                        "(phantoms with several tumors)")
     parser.add_argument("--phantom-cases", type=int, default=4)
     parser.add_argument("--phantom-shape", nargs=3, type=int, default=[48, 96, 96],
                         metavar=("D", "H", "W"))
     parser.add_argument("--phantom-seed", type=int, default=1000,
                         help="first phantom seed (held out: not a training case seed)")
     parser.add_argument("--key-steps", nargs="+", type=int, default=[5, 10, 20])
+    parser.add_argument("--key-offsets", nargs="+", type=int,
+                        help="quality: first key slice(s) of every step (default: 0 and N // 2)")
     parser.add_argument("--checkpoint", nargs="+",
                         help="quality and flow_speed: propagation checkpoint(s) to evaluate (their "
                         "own engine, stcn or guided, and fused)")

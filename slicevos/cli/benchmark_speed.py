@@ -4,7 +4,7 @@ STCN propagation engines (``--engines``), against nnU-Net's
 3d_fullres sliding-window inference on the same volumes, measured in the same run.
 
 Every measurement runs in a fresh process, so each peak RSS is its own. slicevos runs are the
-automatic pipeline (load, windowing, reference key slices, propagation, LCC, write) with
+automatic pipeline (load, windowing, reference key slices, propagation, component rules, write) with
 random-weight networks built from configs/{reference,propagation}/<config>.yaml, unless
 checkpoints are given. Random networks label noise, so the key slices carry more objects
 than a trained model finds: the table shows the keys and objects each run propagated. The

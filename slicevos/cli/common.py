@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 
-from slicevos.errors import InputError
+from slicevos.errors import InputError, show_input_warnings
 
 # the propagation engines (slicevos.inference.engines.ENGINES), without importing torch for
 # --help
@@ -36,6 +36,7 @@ def run_cli(body: Callable[[argparse.Namespace], int | None], parser: argparse.A
                                  f"{DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    show_input_warnings()
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
     try:
         return int(body(args) or 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,16 +115,17 @@ def find_cases(source: Path, output: Path, keys: Path | None) -> list[Case]:
 
 
 def run_case(case: Case, pipeline: VolumePipeline, options: OutputOptions,
-             key_slices: list[int] | None = None, checkpoints: dict[str, str] | None = None
-             ) -> CaseReport:
-    """Segment one case and write its outputs; the label file is written last."""
+             key_slices: list[int] | None = None, checkpoints: dict[str, str] | None = None,
+             empty_slices: Sequence[int] = ()) -> CaseReport:
+    """Segment one case and write its outputs; the label file is written last.
+    ``key_slices`` / ``empty_slices``: file slice indices (``slicevos.inference.user_keys``)."""
     timer = StageTimer(pipeline.device)
     with EfficiencyMeter(device=pipeline.device if pipeline.device.type == "cuda" else None
                          ) as meter:
         with timer("load"):
             volume = load_volume(case.image)
-            keys = (read_key_slices(case.keys, volume, pipeline.schema, key_slices)
-                    if case.keys is not None else None)
+            keys = (read_key_slices(case.keys, volume, pipeline.schema, key_slices,
+                                    empty_slices) if case.keys is not None else None)
         result = pipeline.run(volume, keys, timer, options.progress)
     report = CaseReport(
         input_path=str(case.image), output_path=str(case.output), shape=volume.shape,
@@ -151,5 +153,6 @@ def _write_outputs(case: Case, volume, result: PipelineResult, report: CaseRepor
     if options.report:
         write_report(case.sibling("_report.json"), report)
     _test_exit_hook()
-    save_labels(result.labels, volume.geometry, case.output, pipeline.schema)
+    save_labels(result.labels, volume.geometry, case.output, pipeline.schema,
+                key_slices=result.key_slices)
     _written["cases"] += 1

@@ -5,7 +5,9 @@ checkpoint) or both fused.
 
 Automatic:       slicevos-infer ct.nii.gz out.nii.gz --reference ref.pt
 Semi-automatic:  slicevos-infer ct.nii.gz out.nii.gz --keys drawn.nii.gz --schema flare22
-                 (drawn slices = keys; or --key-slices 10,40,80 with a fully drawn file)
+                 (drawn slices = keys; or --key-slices 10,40,80 with a fully drawn file;
+                 the key_slices list of drawn.json when there is one, as slicevos-label
+                 saves it; --empty-slices 3,97 adds looked-at slices with no organ)
 Engines:         --propagator flow (default) | stcn | fused; stcn and fused need
                  --propagation prop.pt (given alone, --propagation means stcn)
 Batch:           slicevos-infer images/ outputs/ ...  (reruns skip finished cases)
@@ -49,13 +51,14 @@ def inference_config(args: argparse.Namespace):
     for name in ("tta", "amp", "propagator"):
         if getattr(args, name, None):
             assignments.append(f"{name}={getattr(args, name)}")
-    if args.no_lcc:
-        assignments.append("largest_component=false")
+    if args.no_postprocess:
+        assignments.append("component_rules=false")
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     if path is None:
-        from slicevos.config import apply_overrides
+        from slicevos.config import apply_overrides, config_to_dict, from_dict
 
-        return apply_overrides(InferenceConfig(), assignments)
+        return from_dict(InferenceConfig, apply_overrides(config_to_dict(InferenceConfig()),
+                                                          assignments), "--set")
     return load_config(path, InferenceConfig, assignments=assignments)
 
 
@@ -74,10 +77,14 @@ def _body(args: argparse.Namespace) -> int:
     if args.propagation and not args.propagator:
         from slicevos.inference.engines import checkpoint_engine
         args.propagator = checkpoint_engine(args.propagation)
-    if args.key_slices and not args.keys:
-        raise InputError("--key-slices", "slice indices need a fully drawn label file",
-                         "pass --keys LABELS.nii.gz too")
+    for option, value in (("--key-slices", args.key_slices),
+                          ("--empty-slices", args.empty_slices)):
+        if value and not args.keys:
+            raise InputError(option, "slice indices need a key label file",
+                             "pass --keys LABELS.nii.gz too")
     key_slices = parse_slice_list(args.key_slices) if args.key_slices else None
+    empty_slices = (parse_slice_list(args.empty_slices, "--empty-slices")
+                    if args.empty_slices else ())
     config = inference_config(args)
     if config.propagator == "flow" and args.propagation:
         raise InputError(args.propagation, "the flow engine takes no propagation checkpoint",
@@ -99,7 +106,7 @@ def _body(args: argparse.Namespace) -> int:
             log.info("%s: %s exists, skipped (--overwrite to redo)", case.case_id, case.output)
             continue
         try:
-            report = run_case(case, pipeline, options, key_slices, checkpoints)
+            report = run_case(case, pipeline, options, key_slices, checkpoints, empty_slices)
         except InputError as err:
             if len(cases) == 1:
                 raise
@@ -137,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "keys (or a folder of <case>.nii.gz in batch mode)")
     parser.add_argument("--key-slices", help="with a fully drawn --keys file: the slices to use "
                         "as keys, e.g. 10,40,80 (the file's own slice indices)")
+    parser.add_argument("--empty-slices", help="with --keys: slices a person looked at and "
+                        "found no organ on, e.g. 3,97 (the file's own slice indices); they are "
+                        "keys with nothing drawn and end the organs there")
     parser.add_argument("--schema", help="label schema when no reference checkpoint gives one "
                         "(flare22, flare23, objects)")
     parser.add_argument("--config", help="inference options YAML (default "
@@ -147,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast on CUDA")
     parser.add_argument("--tta", choices=("none", "flip_lr", "flip_lr_ud"),
                         help="flip TTA of the reference stage")
-    parser.add_argument("--no-lcc", action="store_true",
-                        help="keep every connected component (default: largest per organ)")
+    parser.add_argument("--no-postprocess", "--no-lcc", action="store_true",
+                        dest="no_postprocess",
+                        help="keep every connected component (default: one-piece organs lose "
+                        "their stray parts; tumors, vessels and drawn parts are always kept)")
     parser.add_argument("--preview", action="store_true", help="write overlay PNG mosaics")
     parser.add_argument("--report", action="store_true", help="write the per-case JSON report")
     parser.add_argument("--uncertainty-map", action="store_true",

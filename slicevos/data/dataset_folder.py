@@ -66,7 +66,8 @@ def _images_in(folder: Path) -> dict[str, Path]:
                                  "channel, _0000", "remove the extra channel files")
             case_id = _CHANNEL.sub("", case_id)
         else:
-            warn_input(path, "not a NIfTI file or DICOM folder", "it is ignored")
+            warn_input(path, "not a NIfTI file or DICOM folder; it is ignored",
+                       "move it out of the dataset folder")
             continue
         if case_id in found:
             raise InputError(path, f"case {case_id!r} appears twice (also {found[case_id].name})",
@@ -151,8 +152,8 @@ def discover_cases(dataset_dir: str | PathLike, schema: LabelSchema) -> list[Cas
         raise InputError(unlabeled[case_id], f"case {case_id!r} is also in {IMAGES_DIR}/",
                          "give each case a unique name")
     for case_id in sorted(set(labels) - set(images)):
-        warn_input(labels[case_id], f"label file has no image {IMAGES_DIR}/{case_id}_0000.nii.gz",
-                   "it is ignored")
+        warn_input(labels[case_id], f"label file has no image {IMAGES_DIR}/{case_id}_0000.nii.gz"
+                   "; it is ignored", "add the image, or move the label file out")
     labeled_ids = frozenset(set(images) & set(labels))
     annotations_path = find_annotations_file(root)
     partial = (load_annotations(annotations_path, schema, labeled_ids)

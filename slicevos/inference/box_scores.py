@@ -3,8 +3,11 @@ tensor, so that labelling and fusing a slice cost in proportion to the objects' 
 to the object count times the slice.
 
 Channel 0 (background) scores 0 everywhere. Channel ``c > 0`` scores ``fill[c]`` (< 0) outside
-its box and ``boxes[c]`` inside. The argmax over channels is the label channel; a channel with
-no box never wins (its fill is negative).
+its box and ``boxes[c]`` inside. The label channel is the argmax over channels of the scores
+divided by the channel's ``scale`` (> 0): a pixel is in an object where its score is positive,
+and where several are, the one deepest relative to its size wins (a small lesion inside its
+host organ is not swallowed by the host's depth). A channel with no box never wins (its fill
+is negative).
 """
 
 from __future__ import annotations
@@ -20,22 +23,27 @@ Box = tuple[slice, slice]
 @dataclass
 class BoxScores:
     """Scores of one slice (see the module doc): ``shape`` (H, W); ``fill`` (L,) float32 with
-    ``fill[0] == 0``; ``boxes`` channel -> (box, (h, w) float32 array)."""
+    ``fill[0] == 0``; ``boxes`` channel -> (box, (h, w) float32 array); ``scale`` (L,) float32
+    > 0, each channel's size for the argmax (None: all 1)."""
 
     shape: tuple[int, int]
     fill: np.ndarray
     boxes: dict[int, tuple[Box, np.ndarray]] = field(default_factory=dict)
+    scale: np.ndarray | None = None
 
     @property
     def channels(self) -> int:
         return len(self.fill)
 
     def argmax(self) -> np.ndarray:
-        """(H, W) int64 label channel; ties go to the lower channel (as ``argmax``)."""
+        """(H, W) int64 label channel of the scaled scores (module doc); ties go to the lower
+        channel (as ``argmax``)."""
         best = np.zeros(self.shape, np.float32)
         label = np.zeros(self.shape, np.int64)
         for channel in sorted(self.boxes):
             box, values = self.boxes[channel]
+            if self.scale is not None:
+                values = values / self.scale[channel]
             wins = values > best[box]
             best[box][wins] = values[wins]
             label[box][wins] = channel
@@ -75,7 +83,7 @@ class BoxScores:
         else:
             fill = weight * self.fill + (1 - weight) * other.fill
         fill[0] = 0.0
-        return BoxScores(self.shape, fill.astype(np.float32), boxes)
+        return BoxScores(self.shape, fill.astype(np.float32), boxes, self.scale)
 
     def dense(self) -> torch.Tensor:
         """(L, H, W) float32 tensor."""

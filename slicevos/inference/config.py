@@ -40,7 +40,8 @@ class InferenceConfig:
     is under that many pixels on a grid up to twice as fine (0 = never).
     Localizer: slices with abdomen probability >= ``localizer_threshold``, widened by
     ``localizer_margin_slices``; ``localizer_stride`` classifies every n-th slice only.
-    ``largest_component``: keep each organ's largest 3D connected component. ``amp``: bf16/fp16
+    ``component_rules``: apply the label schema's per-class 3D component rules
+    (``slicevos.inference.postprocess``; never removes drawn parts). ``amp``: bf16/fp16
     autocast on CUDA ("none" on CPU).
     """
 
@@ -60,7 +61,7 @@ class InferenceConfig:
     localizer_threshold: float = 0.5
     localizer_margin_slices: int = 3
     localizer_stride: int = 1
-    largest_component: bool = True
+    component_rules: bool = True
     amp: str = "none"
 
     def __post_init__(self) -> None:

@@ -82,6 +82,7 @@ class FlowConfig:
     intensity_sigma: float = 2.0
     end_support: float = 0.3
     absent_depth: float | None = 0.3
+    outside_depth: float | None = 0.3
 
     def __post_init__(self) -> None:
         checks = {
@@ -93,6 +94,8 @@ class FlowConfig:
             "end_support": (0 <= self.end_support < 1, "a fraction in [0, 1)"),
             "absent_depth": (self.absent_depth is None or self.absent_depth > 0,
                              "null or a number > 0"),
+            "outside_depth": (self.outside_depth is None or self.outside_depth > 0,
+                              "null or a number > 0"),
         }
         check_fields(self, "flow", checks)
 
@@ -149,11 +152,13 @@ class FlowPasses(PassEngine):
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[int, np.ndarray] | None = None
         self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
+        self._scale: np.ndarray | None = None
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
         self._shapes.pop(z, None)
         self._llr = None  # every key feeds every object's model: all supports change too
         self._key_supports.clear()
+        self._scale = None
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -164,7 +169,8 @@ class FlowPasses(PassEngine):
 
     def shapes(self, z: int) -> dict[int, ObjectShape]:
         if z not in self._shapes:
-            self._shapes[z] = key_shapes(self.session.key_masks[z], self.config.clip)
+            self._shapes[z] = key_shapes(self.session.key_masks[z], self.config.clip,
+                                         self.config.outside_depth)
         return self._shapes[z]
 
     def intensity(self) -> dict[int, np.ndarray]:
@@ -198,7 +204,8 @@ class FlowPasses(PassEngine):
             fill[0] = 0.0
             for object_id, radius in absent.items():
                 fill[channel[object_id]] = -radius
-            scores = BoxScores((self.session.height, self.session.width), fill)
+            scores = BoxScores((self.session.height, self.session.width), fill,
+                               scale=self._scales(channel))
             for object_id, shape in shapes.items():
                 if object_id in ended:
                     continue
@@ -208,8 +215,21 @@ class FlowPasses(PassEngine):
                         start, object_id, shape):
                     ended.add(object_id)
                     continue
+                fill[channel[object_id]] = shape.floor
                 scores.boxes[channel[object_id]] = region, warped
             yield z, PassOutput(scores, self._confidence(start, z, mapping))
+
+    def _scales(self, channel: dict[int, int]) -> np.ndarray:
+        """(O + 1,) each object's size for the argmax: its largest radius over the keys,
+        between 1 px and ``clip`` (depths saturate there); 1 for the background."""
+        if self._scale is None:
+            scale = np.ones(len(channel) + 1, np.float32)
+            for z in self.session.key_masks:
+                for object_id, shape in self.shapes(z).items():
+                    c = channel[object_id]
+                    scale[c] = max(scale[c], min(shape.radius, self.config.clip))
+            self._scale = scale
+        return self._scale
 
     def _warp(self, shape: ObjectShape, mapping: np.ndarray
               ) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -225,7 +245,7 @@ class FlowPasses(PassEngine):
                   slice(max(0, cols.start - reach), min(self.session.width, cols.stop + reach)))
         local = mapping[region] - np.array([shape.left, shape.top], np.float32)
         warped = cv2.remap(shape.distance, np.ascontiguousarray(local), None, cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=-self.config.clip)
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=float(shape.floor))
         return region, warped
 
     def _support(self, object_id: int, z: int, region: tuple[slice, slice],

@@ -2,9 +2,14 @@
 shape it warps) and an intensity model of each object (to end organs the flow cannot end).
 
 Signed distance ``s`` (pixels): positive inside the object, negative outside, the boundary at
-0, clipped to ``[-clip, clip]``; stored as a crop around the object (its box grown by
-``clip``: outside the crop ``s = -clip``). A weighted mean of two such maps interpolates the
-shape between two keys (an organ on one key only shrinks and vanishes on the way).
+0, clipped to ``[floor, clip]``; stored as a crop around the object (its box grown by
+``clip``: outside the crop ``s = floor``). ``floor`` is ``-clip``, or with ``outside_depth``
+``-min(clip, outside_depth * r)`` with ``r`` the radius of the object's largest part: far
+outside an object counts no more than the object being absent, so a part on one key that
+lies far from every part on the other key (one of several lesions) fades the way an object
+on one key only does, instead of vanishing next to its key. A weighted mean of two such maps
+interpolates the shape between two keys (an organ on one key only shrinks and vanishes on
+the way).
 
 Intensity model: for each object, the histogram of its pixels on the key slices against the
 histogram of a ring around it (``ring`` pixels wide), smoothed; ``llr[v] = log p(v | object)
@@ -25,16 +30,20 @@ from slicevos.data.optical_flow import signed_distance
 @dataclass
 class ObjectShape:
     """One object on one key: ``distance`` crop (h, w) float32 at rows ``top`` and columns
-    ``left`` of the slice; ``radius``: sqrt(area / pi) in pixels."""
+    ``left`` of the slice; ``radius``: sqrt(area / pi) in pixels; ``floor`` (< 0) its value
+    outside the crop (module doc)."""
 
     distance: np.ndarray
     top: int
     left: int
     radius: float
+    floor: float
 
 
-def key_shapes(labels: np.ndarray, clip: float) -> dict[int, ObjectShape]:
-    """Object id -> :class:`ObjectShape` for every object on the key ``labels`` (H, W)."""
+def key_shapes(labels: np.ndarray, clip: float,
+               outside_depth: float | None = None) -> dict[int, ObjectShape]:
+    """Object id -> :class:`ObjectShape` for every object on the key ``labels`` (H, W);
+    ``outside_depth`` sets the floor of the signed distances (module doc; None: ``-clip``)."""
     height, width = labels.shape
     margin = int(np.ceil(clip)) + 1
     shapes: dict[int, ObjectShape] = {}
@@ -46,10 +55,17 @@ def key_shapes(labels: np.ndarray, clip: float) -> dict[int, ObjectShape]:
         top, bottom = max(0, rows[0] - margin), min(height, rows[-1] + margin + 1)
         left, right = max(0, cols[0] - margin), min(width, cols[-1] + margin + 1)
         crop = mask[top:bottom, left:right]
-        distance = np.clip(signed_distance(crop), -clip, clip)
+        floor = -clip
+        if outside_depth is not None:
+            _, _, stats, _ = cv2.connectedComponentsWithStats(crop.astype(np.uint8),
+                                                              connectivity=8)
+            largest = float(stats[1:, cv2.CC_STAT_AREA].max())
+            floor = -min(clip, outside_depth * float(np.sqrt(largest / np.pi)))
+        distance = np.clip(signed_distance(crop), floor, clip)
         # the crop border is not the object's border: pixels there are outside by >= margin
         shapes[int(object_id)] = ObjectShape(np.ascontiguousarray(distance), int(top),
-                                             int(left), float(np.sqrt(mask.sum() / np.pi)))
+                                             int(left), float(np.sqrt(mask.sum() / np.pi)),
+                                             floor)
     return shapes
 
 

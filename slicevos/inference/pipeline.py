@@ -1,4 +1,4 @@
-"""Whole-volume segmentation: windowing -> [localizer] -> key slices -> propagation -> [LCC].
+"""Whole-volume segmentation: windowing -> [localizer] -> key slices -> propagation -> [component rules].
 
 ::
 
@@ -43,7 +43,7 @@ from slicevos.inference.config import InferenceConfig
 from slicevos.inference.engines import build_propagator
 from slicevos.inference.key_slices import select_key_slices
 from slicevos.inference.localizer import Localizer, predict_z_range
-from slicevos.inference.postprocess import largest_component_per_class
+from slicevos.inference.postprocess import clean_components
 from slicevos.inference.segmenter import ReferenceSegmenter
 from slicevos.inference.tta import FlipTTASegmenter
 from slicevos.io.labels import LabelSchema
@@ -176,12 +176,12 @@ class VolumePipeline:
         else:
             warn_input(volume.path, "no organ found on any sampled slice; the output is empty",
                        "check the input is an abdominal CT, or lower inference.min_key_area")
-        if self.config.largest_component:
+        if self.config.component_rules:
             with timer("postprocess"):
-                labels = largest_component_per_class(labels)
-                if source == "user":
-                    for z, mask in keys.items():
-                        labels[z] = mask
+                drawn = keys if source == "user" else None
+                labels = clean_components(labels, self.schema, drawn)
+                for z, mask in (drawn or {}).items():
+                    labels[z] = mask
         return PipelineResult(labels, sorted(int(z) for z in keys), source, (low, high),
                               uncertainty, organ_key_slice, disagreement)
 

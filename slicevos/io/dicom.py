@@ -105,8 +105,8 @@ def _read_headers(folder: Path, pydicom: ModuleType) -> list[_Slice]:
         images.append(_Slice(path, header))
     if other_modalities and images:
         found = ", ".join(f"{n} {m}" for m, n in other_modalities.items())
-        warn_input(folder, f"skipped {found} image(s) that are not CT",
-                   "Only the CT images are loaded")
+        warn_input(folder, f"skipped {found} image(s) that are not CT; only the CT images are "
+                   "loaded", "keep one CT series per folder")
     if not images:
         raise InputError(folder, _no_images_problem(files, other_modalities, multiframe),
                          _no_images_fix(folder, multiframe))

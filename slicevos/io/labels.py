@@ -23,13 +23,16 @@ from slicevos.errors import InputError
 class LabelClass:
     """One foreground class. ``nsd_tolerance_mm`` is the FLARE NSD tolerance; classes with
     ``gt_slices_only`` (tubular structures cut by the field of view) are scored only on the
-    axial slices where the ground truth has them."""
+    axial slices where the ground truth has them. ``one_piece``: the structure is one 3D
+    connected component, so post-processing may drop its stray parts (never the parts a
+    person drew; ``slicevos.inference.postprocess``); False (the default) keeps every part."""
 
     id: int
     name: str
     nsd_tolerance_mm: float = 2.0
     gt_slices_only: bool = False
     color: tuple[int, int, int] = (255, 255, 0)
+    one_piece: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,20 +88,24 @@ class LabelSchema:
             )
 
 
+# one_piece: solid organs that are one connected structure. Several parts allowed: tumors
+# (many lesions), vessels and tubes that the field of view or the missing arch cuts in two
+# (aorta, IVC, esophagus), and thin curved organs whose reference labels themselves come in
+# several parts on the shared real volumes (pancreas, duodenum). docs: postprocessing rules.
 _FLARE_ORGANS: tuple[LabelClass, ...] = (
-    LabelClass(1, "liver", 5.0, color=(220, 60, 60)),
-    LabelClass(2, "right_kidney", 3.0, color=(60, 180, 75)),
-    LabelClass(3, "spleen", 3.0, color=(0, 130, 200)),
+    LabelClass(1, "liver", 5.0, color=(220, 60, 60), one_piece=True),
+    LabelClass(2, "right_kidney", 3.0, color=(60, 180, 75), one_piece=True),
+    LabelClass(3, "spleen", 3.0, color=(0, 130, 200), one_piece=True),
     LabelClass(4, "pancreas", 5.0, color=(255, 225, 25)),
     LabelClass(5, "aorta", 2.0, gt_slices_only=True, color=(245, 130, 48)),
     LabelClass(6, "inferior_vena_cava", 2.0, gt_slices_only=True, color=(145, 30, 180)),
-    LabelClass(7, "right_adrenal_gland", 2.0, color=(70, 240, 240)),
-    LabelClass(8, "left_adrenal_gland", 2.0, color=(240, 50, 230)),
-    LabelClass(9, "gallbladder", 2.0, color=(210, 245, 60)),
+    LabelClass(7, "right_adrenal_gland", 2.0, color=(70, 240, 240), one_piece=True),
+    LabelClass(8, "left_adrenal_gland", 2.0, color=(240, 50, 230), one_piece=True),
+    LabelClass(9, "gallbladder", 2.0, color=(210, 245, 60), one_piece=True),
     LabelClass(10, "esophagus", 3.0, gt_slices_only=True, color=(250, 190, 212)),
-    LabelClass(11, "stomach", 5.0, color=(0, 128, 128)),
+    LabelClass(11, "stomach", 5.0, color=(0, 128, 128), one_piece=True),
     LabelClass(12, "duodenum", 7.0, color=(220, 190, 255)),
-    LabelClass(13, "left_kidney", 3.0, color=(170, 110, 40)),
+    LabelClass(13, "left_kidney", 3.0, color=(170, 110, 40), one_piece=True),
 )
 _TUMOR = LabelClass(14, "tumor", 2.0, color=(255, 0, 0))
 
@@ -162,9 +169,15 @@ class LabelMapping:
         return lut[labels.astype(np.intp, copy=False)]
 
 
-def write_label_map(path: str | PathLike, schema: LabelSchema) -> None:
-    """Write the id -> name JSON sidecar atomically."""
+def write_label_map(path: str | PathLike, schema: LabelSchema,
+                    key_slices: list[int] | None = None) -> None:
+    """Write the id -> name JSON sidecar atomically. ``key_slices``: the slices (file
+    indices) a person drew or vouched for, empty ones included; a label file with this list
+    given back to ``slicevos-infer --keys`` or ``slicevos-label --labels`` has exactly those
+    keys (``slicevos.inference.user_keys``)."""
     from slicevos.io.atomic import atomic_write_bytes
 
-    payload = {"schema": schema.name, "labels": schema.label_map()}
+    payload: dict = {"schema": schema.name, "labels": schema.label_map()}
+    if key_slices is not None:
+        payload["key_slices"] = sorted(int(z) for z in key_slices)
     atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())

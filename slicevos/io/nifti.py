@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def warn_if_not_hu(data: np.ndarray, path: Path) -> None:
         warn_input(
             path, f"intensities range {lo:g}..{hi:g} with no negative values, which does not look "
             "like Hounsfield units (air is about -1000 HU)",
-            "Pass CT in HU: apply the scanner's rescale intercept, do not use 8-bit exports",
+            "pass CT in HU: apply the scanner's rescale intercept, do not use 8-bit exports",
         )
 
 
@@ -193,17 +194,22 @@ def save_labels(
     geometry: Geometry | Volume,
     path: str | PathLike,
     schema: LabelSchema | None = None,
+    key_slices: Sequence[int] | None = None,
 ) -> Path:
     """Write a canonical (D, H, W) label array as uint8 NIfTI in the input's own geometry.
 
     The file gets the input's shape, axis order and affine. With ``schema`` a JSON sidecar
-    (``<name>.json``: id -> name) is written beside it. Both writes are atomic.
+    (``<name>.json``: id -> name, and ``key_slices``: the canonical ``key_slices`` given here
+    as the file's own slice indices) is written beside it. Both writes are atomic.
     """
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"label values must fit uint8, got {labels.min()}..{labels.max()}")
     path = save_volume(labels.astype(np.uint8, copy=False), geometry, path)
     if schema is not None:
-        write_label_map(label_map_path(path), schema)
+        geometry = geometry.geometry if isinstance(geometry, Volume) else geometry
+        file_keys = (None if key_slices is None else
+                     [geometry.slice_index(z) for z in key_slices])
+        write_label_map(label_map_path(path), schema, file_keys)
     return path
 
 

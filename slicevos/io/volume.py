@@ -59,6 +59,15 @@ class Geometry:
             raise ValueError(f"canonical array {canonical.shape} does not match geometry {self.shape}")
         return out
 
+    def slice_index(self, index: int) -> int:
+        """A slice index along the file's axial axis (the ``k`` a viewer such as ITK-SNAP or
+        3D Slicer shows) -> the canonical (inferior -> superior) slice index, and back: the
+        map is its own inverse."""
+        transform = self._file_to_canonical
+        file_axis = int(np.flatnonzero(transform[:, 0] == 0)[0])
+        depth = self.shape[file_axis]
+        return depth - 1 - int(index) if transform[file_axis, 1] < 0 else int(index)
+
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.to_canonical(np.empty(self.shape, np.uint8)).shape)

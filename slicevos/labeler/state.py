@@ -176,6 +176,13 @@ class Labeler:
         y = edits.check_int(body["y"], "y", 0, height - 1)
         return self._apply(z, lambda labels: edits.flood_fill(labels, x, y, label))
 
+    def accept(self, body: Any) -> dict[str, Any]:
+        """Make an axial slice a key as it is shown ("this slice is done"), an empty one too:
+        an empty key tells propagation the organs end there."""
+        body = edits.check_fields(body, ("z",))
+        z = edits.check_int(body["z"], "z", 0, self.depth - 1)
+        return self._apply(z, lambda labels: labels.copy())
+
     def _check_label(self, value: Any) -> int:
         label = edits.check_int(value, "label", 1, 255)
         if label not in self.schema.ids:
@@ -246,11 +253,14 @@ class Labeler:
     # -- save ----------------------------------------------------------------------------
 
     def save(self) -> dict[str, Any]:
-        """Write the labels in the scan's own geometry with the JSON label map (atomic)."""
+        """Write the labels in the scan's own geometry with the JSON label map (atomic); the
+        map lists the key slices, empty ones too, so ``slicevos-infer --keys`` and
+        ``slicevos-label --labels`` given the saved file use the same keys."""
         with self.lock:
             started = time.perf_counter()
             pending = int((~self.session.up_to_date).sum())
-            path = save_labels(self.session.labels, self.geometry, self.output, self.schema)
+            path = save_labels(self.session.labels, self.geometry, self.output, self.schema,
+                               key_slices=self.keys)
             seconds = round(time.perf_counter() - started, 3)
             self.last_save = {"path": str(Path(path).resolve()), "seconds": seconds,
                               "pending_slices": pending, "at": time.strftime("%H:%M:%S")}

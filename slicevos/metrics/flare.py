@@ -148,7 +148,7 @@ def match_cases(pred: str | PathLike, gt: str | PathLike) -> list[tuple[str, Pat
                          "predict every case, or evaluate against a folder with only those cases")
     if pred_by_case:
         warn_input(pred, f"{len(pred_by_case)} predictions have no ground truth and are ignored "
-                   f"(e.g. {sorted(pred_by_case)[0]})", "Check the case names")
+                   f"(e.g. {sorted(pred_by_case)[0]})", "name each prediction after its ground-truth case")
     return pairs
 
 

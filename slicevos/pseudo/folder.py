@@ -128,7 +128,8 @@ def complete_case_dirs(pseudo_dir: str | PathLike) -> list[Path]:
         if (path / CASE_FILE).is_file():
             dirs.append(path)
         else:
-            warn_input(path, f"no {CASE_FILE} (generation incomplete)", "the case is skipped")
+            warn_input(path, f"no {CASE_FILE} (generation incomplete); the case is skipped",
+                       "rerun the generation to finish it")
     if not dirs:
         raise InputError(root, f"no complete case (no <case>/{CASE_FILE})",
                          "run pseudo-label generation first, or check the path")

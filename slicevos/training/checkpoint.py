@@ -55,5 +55,6 @@ def check_resume_config(path: Path, payload: dict[str, Any], config: Any, train:
         raise InputError(path, f"the config differs from the checkpoint's ({listed})",
                          "resume with the original config, or pass --allow-config-change to "
                          "continue with the new one")
-    warn_input(path, f"resuming with a changed config ({listed})",
-               "optimizer and schedule state continue from the checkpoint")
+    warn_input(path, f"resuming with a changed config ({listed}); optimizer and schedule "
+               "state continue from the checkpoint", "start a new run (another output "
+               "folder) if the change needs a fresh schedule")

@@ -325,8 +325,9 @@ class Trainer:
             return rngs[self.dist.rank]
         seed_everything(self.train_config.seed + self.step, rank=self.dist.rank)
         warn_input(path, f"checkpoint was written by {len(rngs)} process(es), this run has "
-                   f"{self.dist.world_size}", "random streams are reseeded; the run will "
-                   "not match an uninterrupted one exactly")
+                   f"{self.dist.world_size}; random streams are reseeded, so the run will not "
+                   "match an uninterrupted one exactly", "resume with the same number of "
+                   "processes for an exact match")
         return None
 
 

@@ -3,6 +3,7 @@ page, draw a stroke on an axial slice, propagate, see the overlay on other slice
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from slicevos.io.loader import load_volume
-from slicevos.io.nifti import load_labels
+from slicevos.io.nifti import label_map_path, load_labels
 
 from .helpers import TOKEN, WAIT_S
 
@@ -93,6 +94,14 @@ def test_draw_propagate_save_in_chromium(served, scans):
             page.wait_for_function("window.labeler.state.status.keys.length === 1",
                                    timeout=WAIT_S * 1000)
             assert labeler.session.key_slices == [z] and (labeler.session.key_masks[z] == 1).any()
+            # "Key as shown" on an undrawn slice: an empty key (the organs end there)
+            page.evaluate("window.labeler.goTo(22)")
+            page.click("#accept")
+            page.wait_for_function("window.labeler.state.status.keys.length === 2",
+                                   timeout=WAIT_S * 1000)
+            assert labeler.session.key_slices == [z, 22]
+            assert not labeler.session.key_masks[22].any()
+            page.evaluate(f"window.labeler.goTo({z})")
 
             page.click("#propagate")
             page.wait_for_function(
@@ -114,3 +123,4 @@ def test_draw_propagate_save_in_chromium(served, scans):
     saved, _ = load_labels(labeler.output, reference=load_volume(scans["lps"].ct))
     assert (saved[10] == 1).any() and (saved[14] == 1).any()
     np.testing.assert_array_equal(saved, labeler.session.labels)
+    assert json.loads(label_map_path(labeler.output).read_text())["key_slices"] == [12, 22]

@@ -365,6 +365,10 @@
     $("#size").value = S.radius; $("#size-value").textContent = S.radius;
   }
 
+  function acceptSlice() {
+    act(json("accept", { z: S.z }).then(applyStatus));
+  }
+
   function bindControls() {
     document.querySelectorAll("#tools button").forEach((b) => b.addEventListener("click", () => selectTool(b.dataset.tool)));
     $("#size").addEventListener("input", (e) => setRadius(+e.target.value));
@@ -372,6 +376,7 @@
     win.replaceChildren(...S.info.windows.map((w) => new Option(w, w)));
     win.addEventListener("change", () => { S.window = win.value; refreshAll(); });
     $("#undo").addEventListener("click", () => act(json("undo", {}).then(applyStatus)));
+    $("#accept").addEventListener("click", acceptSlice);
     $("#propagate").addEventListener("click", () => act(json("propagate", {}).then((st) => { applyStatus(st); })));
     $("#stop").addEventListener("click", () => act(json("stop", {}).then(applyStatus)));
     $("#save").addEventListener("click", async () => {
@@ -395,6 +400,7 @@
       else if (e.key === "b") selectTool("brush");
       else if (e.key === "e") selectTool("eraser");
       else if (e.key === "f") selectTool("fill");
+      else if (e.key === "k") acceptSlice();
       else if (e.key === "+" || e.key === "]") setRadius(S.radius + 1);
       else if (e.key === "-" || e.key === "[") setRadius(S.radius - 1);
     });
