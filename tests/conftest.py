@@ -72,8 +72,7 @@ def phantom_cache(root: Path, n_labeled: int, seed: int) -> Path:
     """``n_labeled`` labeled 24x64x64 phantoms (FLARE layout in ``root / "ds"``) and their
     flare22 slice cache ``root / "cache"`` (returned)."""
     from slicevos.data.cache_build import PrepareConfig, prepare_cache
-    from slicevos.data.phantom import PhantomConfig
-    from slicevos.data.phantom_dataset import write_phantom_dataset
+    from slicevos.phantom import PhantomConfig, write_phantom_dataset
 
     write_phantom_dataset(root / "ds", n_labeled=n_labeled, n_unlabeled=0,
                           config=PhantomConfig(shape=(24, 64, 64)), seed=seed, progress=False)

@@ -26,8 +26,7 @@ def test_quality_on_phantoms_with_checkpoints_of_both_modes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from slicevos.config import load_config
     from slicevos.data.cache_build import PrepareConfig, prepare_cache
-    from slicevos.data.phantom import PhantomConfig
-    from slicevos.data.phantom_dataset import write_phantom_dataset
+    from slicevos.phantom import PhantomConfig, write_phantom_dataset
     from slicevos.training.propagation import PropagationConfig, PropagationTrainer
 
     write_phantom_dataset(tmp_path / "ds", n_labeled=1, n_unlabeled=0,

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from slicevos.metrics.efficiency import EfficiencyMeter, _auc, _device_index
+from slicevos.metrics.efficiency import EfficiencyMeter, area_under_curve, cuda_device_index
 
 
 def test_wall_time_of_a_sleep():
@@ -53,14 +53,14 @@ def test_gpu_fields_are_none_without_cuda():
 
 
 def test_auc_is_trapezoid_in_mb_seconds():
-    assert _auc([0.0, 0.1, 0.2, 0.4], [100.0, 100.0, 200.0, 200.0]) == pytest.approx(
+    assert area_under_curve([0.0, 0.1, 0.2, 0.4], [100.0, 100.0, 200.0, 200.0]) == pytest.approx(
         10 + 15 + 40)
-    assert _auc([0.0], [5.0]) == 0.0
+    assert area_under_curve([0.0], [5.0]) == 0.0
 
 
 @pytest.mark.parametrize("device, index", [(None, 0), ("cuda", 0), ("cuda:2", 2), (1, 1)])
 def test_device_index(device, index):
-    assert _device_index(device) == index
+    assert cuda_device_index(device) == index
 
 
 def test_bad_interval_raises():

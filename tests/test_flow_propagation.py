@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from slicevos.benchmarks.baselines import nearest_key_copy
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.errors import InputError
 from slicevos.inference.box_scores import BoxScores
 from slicevos.inference.engines import build_propagator
-from slicevos.inference.flow import FlowConfig, FlowPropagator
-from slicevos.inference.flow_field import FlowSettings
+from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
+from slicevos.inference.engines.flow.field import FlowSettings
 from slicevos.inference.session import fuse_directions, score_channels
 from slicevos.io import FLARE22, load_labels, load_volume
 from slicevos.metrics.overlap import dice
+from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.windowing import window_volume
 
 
@@ -206,7 +206,7 @@ def test_semi_automatic_pipeline_with_flow_checks_keys() -> None:
 @pytest.mark.parametrize("mode", ["per_object", "joint"])
 def test_fused_engine_mixes_a_network_with_flow(mode: str) -> None:
     from slicevos.inference.engines import FusedPropagator
-    from slicevos.inference.propagation import Propagator
+    from slicevos.inference.engines.stcn.engine import Propagator
     from slicevos.models.propagation import PropagationModelConfig, PropagationNet
 
     torch.manual_seed(0)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicevos.data.phantom import PhantomConfig, make_phantom
-from slicevos.inference.key_slices import (
+from slicevos.inference.reference.key_slices import (
     sample_slices,
     select_key_slices,
 )
 from slicevos.io.labels import FLARE22
+from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.windowing import window_volume
 
 

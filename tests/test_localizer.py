@@ -16,13 +16,12 @@ from slicevos.config import load_config
 from slicevos.data.cache import SliceCache, class_areas
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
 from slicevos.data.localizer_data import LocalizerData, abdomen_flags, match_windows, organ_ids
-from slicevos.data.phantom import PhantomConfig, make_phantom
-from slicevos.data.phantom_dataset import write_phantom_dataset
 from slicevos.errors import InputError
 from slicevos.inference.localizer import Localizer, predict_z_range, sampled_slices
 from slicevos.io.checkpoint import make_payload, save_checkpoint
 from slicevos.io.labels import FLARE22, FLARE23
 from slicevos.models.localizer import LocalizerModelConfig, LocalizerNet
+from slicevos.phantom import PhantomConfig, make_phantom, write_phantom_dataset
 from slicevos.preprocessing.windowing import window_volume
 from slicevos.training.localizer import LocalizerConfig, LocalizerTrainer
 

@@ -13,10 +13,10 @@ from scipy.ndimage import binary_erosion, generate_binary_structure
 
 from slicevos.cli.make_phantoms import main as make_phantoms_main
 from slicevos.config import load_config
-from slicevos.data.phantom import DEFAULT_ORGAN_HU, PhantomConfig, make_phantom
-from slicevos.data.phantom_dataset import case_seed, write_phantom_dataset
 from slicevos.errors import InputError
 from slicevos.io import FLARE22, FLARE23, load_labels, load_volume
+from slicevos.phantom import DEFAULT_ORGAN_HU, PhantomConfig, make_phantom
+from slicevos.phantom.dataset import case_seed, write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIUM = PhantomConfig(shape=(48, 96, 96))  # default field of view: ~4.2 mm pixels, ~7.7 mm slices

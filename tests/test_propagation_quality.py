@@ -10,10 +10,9 @@ import torch
 from slicevos.benchmarks.baselines import nearest_key_copy
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig, make_phantom
-from slicevos.data.phantom_dataset import write_phantom_dataset
-from slicevos.inference.propagation import Propagator
+from slicevos.inference.engines.stcn.engine import Propagator
 from slicevos.metrics.overlap import dice
+from slicevos.phantom import PhantomConfig, make_phantom, write_phantom_dataset
 from slicevos.preprocessing.windowing import window_volume
 from slicevos.training.propagation import PropagationConfig, PropagationTrainer
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from slicevos.errors import InputError
-from slicevos.inference.memory_bank import FeatureCache, MemoryBank
-from slicevos.inference.propagation import Propagator, fuse_directions
+from slicevos.inference.engines.stcn.engine import Propagator, fuse_directions
+from slicevos.inference.engines.stcn.memory_bank import FeatureCache, MemoryBank
 from slicevos.models.propagation import KeyFeatures, PropagationModelConfig, PropagationNet
 
 HEIGHT, WIDTH = 48, 64

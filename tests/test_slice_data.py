@@ -14,12 +14,11 @@ from slicevos.config import from_dict
 from slicevos.data.augment import augment_slice, build_augmentation
 from slicevos.data.cache import SliceCache
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
 from slicevos.data.slices import SliceData, SliceDataConfig
 from slicevos.errors import InputError, InputWarning
 from slicevos.io.labels import LabelClass, LabelSchema
 from slicevos.io.nifti import load_labels, save_labels
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AUGMENT = REPO / "configs" / "augment" / "default.yaml"

@@ -15,10 +15,10 @@ from slicevos.cli.make_supervoxels import main as make_supervoxels  # noqa: E402
 from slicevos.cli.prepare_data import main as prepare_data  # noqa: E402
 from slicevos.data.cache import SliceCache  # noqa: E402
 from slicevos.data.clips import ClipData, ClipDataConfig  # noqa: E402
-from slicevos.data.phantom import PhantomConfig, make_phantom  # noqa: E402
 from slicevos.data.supervoxels import SupervoxelConfig, supervoxel_objects  # noqa: E402
 from slicevos.errors import InputError  # noqa: E402
 from slicevos.io.nifti import load_labels, save_volume  # noqa: E402
+from slicevos.phantom import PhantomConfig, make_phantom  # noqa: E402
 
 SMALL = SupervoxelConfig(segment_mm=25.0, working_mm=1.0, min_volume_ml=0.2)
 

@@ -22,7 +22,7 @@ from slicevos.benchmarks.nnunet_baseline import (
     build_plain_conv_unet,
     run_nnunet_baseline,
 )
-from slicevos.data.phantom import PhantomConfig
+from slicevos.phantom import PhantomConfig
 
 
 def phantom_spacing(depth: int, size: int) -> tuple[float, float, float]:
@@ -53,7 +53,7 @@ def benchmark_baseline(depths: Sequence[int] = (100, 300), size: int = 512,
     """One row per (depth, mirroring) for a random HU volume of (depth, size, size).
 
     ``spacing`` (dz, dy, dx) mm; None: the default phantom's for that shape (what
-    ``slicevos.data.phantom`` would generate). Rows hold seconds per stage, ``seconds_per_tile``,
+    ``slicevos.phantom.generator`` would generate). Rows hold seconds per stage, ``seconds_per_tile``,
     ``total_s`` (measured), ``estimated_total_s`` (all tiles; == total_s when none were skipped),
     peak memory in MB and the load average around the run (the CPU may be shared).
     """

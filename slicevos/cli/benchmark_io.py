@@ -68,8 +68,7 @@ def benchmark_case(case_id: str, image: Path, labels: Path | None, repeats: int)
 
 
 def _phantom_case(tmp: Path, size: int, slices: int) -> tuple[str, Path, Path]:
-    from slicevos.data.phantom import PhantomConfig
-    from slicevos.data.phantom_dataset import write_phantom_dataset
+    from slicevos.phantom import PhantomConfig, write_phantom_dataset
 
     config = PhantomConfig(shape=(slices, size, size))
     write_phantom_dataset(tmp, n_labeled=1, n_unlabeled=0, config=config, seed=0, progress=False)

@@ -45,19 +45,27 @@ import numpy as np
 import torch
 
 from slicevos.benchmarks.baselines import contour_interpolation, nearest_key_copy
-from slicevos.benchmarks.propagation_quality import SPLITS, split_dice
+from slicevos.benchmarks.propagation_quality import (
+    Case,
+    ScoreTable,
+    key_layouts,
+    phantom_cases,
+    print_score_table,
+    real_cases,
+    split_dice,
+)
 from slicevos.cli.common import run_cli
 from slicevos.config import apply_overrides, config_to_dict, from_dict, load_config
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.inference.config import InferenceConfig
 from slicevos.inference.engines import FusionWeights, build_propagator, checkpoint_engine
-from slicevos.inference.flow import FlowConfig, FlowPropagator
+from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
+from slicevos.inference.engines.stcn.engine import Propagator
+from slicevos.inference.engines.stcn.slice_scale import NETWORK_UPSAMPLE_BELOW
 from slicevos.inference.pipeline import VolumePipeline
-from slicevos.inference.propagation import Propagator
-from slicevos.inference.slice_scale import NETWORK_UPSAMPLE_BELOW
-from slicevos.io import FLARE22, FLARE23, Volume, load_labels, load_volume
+from slicevos.io import FLARE22, FLARE23, Volume
 from slicevos.metrics.efficiency import EfficiencyMeter
 from slicevos.models.propagation import PropagationNet
+from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.windowing import window_volume
 from slicevos.training.propagation import PropagationConfig
 
@@ -184,50 +192,6 @@ def _methods(checkpoints: Sequence[str], flow_variants: Sequence[str] = ("defaul
     return methods
 
 
-Case = tuple[str, Volume, np.ndarray]  # name, volume, true labels (D, H, W)
-
-
-def _real_cases(data: Path, names: Sequence[str] | None = None) -> Iterator[Case]:
-    """(name, volume, FLARE22 labels) of the real volumes with >= 20 slices."""
-    for label_file in sorted(data.glob("*/label_flare.nii.gz")):
-        if names and label_file.parent.name not in names:
-            continue
-        volume = load_volume(label_file.parent / "ct.nii.gz")
-        truth, _ = load_labels(label_file, reference=volume, schema=FLARE22)
-        if len(truth) >= 20:
-            yield label_file.parent.name, volume, truth
-
-
-def _phantom_cases(count: int, shape: Sequence[int], seed: int,
-                   tumors: bool = False) -> Iterator[Case]:
-    """``count`` phantoms from seed ``seed`` on; ``tumors``: only phantoms with 2 or more
-    tumors (FLARE23 labels; seeds without are skipped)."""
-    config = PhantomConfig(shape=tuple(shape), with_tumors=tumors, tumor_probability=1.0,
-                           max_tumors=4, tumor_organs=("liver", "right_kidney", "left_kidney"))
-    found, s = 0, seed
-    while found < count:
-        phantom = make_phantom(s, config)
-        s += 1
-        if tumors and len(phantom.tumors) < 2:
-            continue
-        found += 1
-        yield f"phantom_s{s - 1}", phantom.to_volume(), phantom.labels
-
-
-def key_layouts(steps: Sequence[int], offsets: Sequence[int] | None) -> list[tuple[int, int]]:
-    """(step, offset) pairs: each step from each offset (None: 0 and step // 2), offsets
-    reduced modulo the step, without repeats."""
-    pairs = []
-    for step in steps:
-        for offset in (offsets if offsets is not None else (0, step // 2)):
-            if (step, offset % step) not in pairs:
-                pairs.append((step, offset % step))
-    return pairs
-
-
-ScoreTable = dict[tuple[int, int, str, str], dict[str, list[float]]]
-
-
 def part_quality(cases: Iterator[Case], steps: Sequence[int],
                  checkpoints: Sequence[str] = (), flow_variants: Sequence[str] = ("default",),
                  stcn_weights: Sequence[float] = (0.5,), per_case: bool = False,
@@ -260,32 +224,12 @@ def part_quality(cases: Iterator[Case], steps: Sequence[int],
                         for class_id, value in table.items():
                             row.setdefault(FLARE23.by_id(class_id).name, []).append(value)
         if per_case:
-            _print_table(case, [case_name])
-    _print_table(total, used)
+            print_score_table(case, [case_name])
+    print_score_table(total, used)
     print("\norgans on no key slice (no engine can propagate them; they score 0 above):")
     for (step, offset), names in uncovered.items():
         print(f"  every {step} @{offset}: {', '.join(names) or 'none'}")
     return total
-
-
-def _print_table(scores: ScoreTable, cases: Sequence[str]) -> None:
-    organs = [c.name for c in FLARE23.classes if any(c.name in t for t in scores.values())]
-    short = {n: n.replace("inferior_vena_cava", "ivc").replace("_adrenal_gland", "_adr")[:9]
-             for n in organs}
-    names = {name for _, _, name, _ in scores}
-    print(f"\nDSC on non-key slices (all / bulk / ends), mean over {', '.join(cases)}; "
-          "keys: every N @ first key")
-    width = max(16, *(len(n) + 2 for n in names))
-    print(f"{'keys':<13}{'method':<{width}}{'split':<6}"
-          + "".join(f"{short[o]:>10}" for o in organs) + f"{'mean':>8}{'s/vol':>8}")
-    order = {name: i for i, name in enumerate(dict.fromkeys(n for _, _, n, _ in scores))}
-    for step, offset, name, split in sorted(scores, key=lambda k: (k[0], k[1], order[k[2]],
-                                                                   SPLITS.index(k[3]))):
-        table = scores[(step, offset, name, split)]
-        means = [float(np.mean(table[o])) if o in table else float("nan") for o in organs]
-        print(f"{f'every {step} @{offset}':<13}{name:<{width}}{split:<6}"
-              + "".join(f"{m:>10.3f}" for m in means)
-              + f"{np.nanmean(means):>8.3f}{np.mean(table['seconds']):>8.1f}")
 
 
 def _checkpoint_engines(checkpoints: Sequence[str], stcn_weights: Sequence[float],
@@ -352,10 +296,10 @@ def _body(args: argparse.Namespace) -> int:
         part_flow_speed(args.flow_size, args.flow_depth, args.flow_step,
                         args.checkpoint or (), args.stcn_weights)
     if "quality" in args.parts:
-        cases = (_phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed,
+        cases = (phantom_cases(args.phantom_cases, args.phantom_shape, args.phantom_seed,
                                 tumors=args.data == "tumor_phantom")
                  if args.data in ("phantom", "tumor_phantom")
-                 else _real_cases(Path(args.data), args.cases))
+                 else real_cases(Path(args.data), args.cases))
         part_quality(cases, args.key_steps, args.checkpoint or (), args.flow_variants,
                      args.stcn_weights, args.per_case, args.upsample_below, args.key_offsets)
     return 0

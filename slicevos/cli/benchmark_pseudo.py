@@ -36,11 +36,11 @@ import numpy as np
 
 from slicevos.cli.common import run_cli
 from slicevos.config import from_dict
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.errors import InputError
 from slicevos.io.atomic import atomic_write_bytes
 from slicevos.io.nifti import load_labels
 from slicevos.metrics.overlap import dice_per_class
+from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.pseudo.consensus import DEFAULT_VARIANT, VARIANTS, consensus_score, fuse_members
 from slicevos.pseudo.filtering import FilterConfig, score_cutoff
 from slicevos.pseudo.folder import complete_case_dirs, load_members, read_case_record
@@ -125,7 +125,11 @@ def _generation_cases(args: argparse.Namespace, schema) -> list:  # noqa: ANN001
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from slicevos.inference.ensemble import pipeline_members, predict_members, reference_members
+    from slicevos.inference.reference.ensemble import (
+        pipeline_members,
+        predict_members,
+        reference_members,
+    )
     from slicevos.pseudo.generation import generate_pseudo_labels
     from slicevos.training.distributed import resolve_device
 

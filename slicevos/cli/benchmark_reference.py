@@ -28,11 +28,10 @@ import torch
 from slicevos.cli.common import run_cli
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
 from slicevos.io.labels import FLARE22
 from slicevos.models.profile import profile_model
 from slicevos.models.registry import build_model
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 from slicevos.training.reference import ReferenceConfig, ReferenceTrainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "reference"

@@ -34,8 +34,7 @@ TARGET_SPEEDUP = 5.0
 
 def make_phantom_file(folder: Path, depth: int, size: int, seed: int = 0) -> Path:
     """A phantom CT of (depth, size, size) as NIfTI (FLARE organs; the labels are not used)."""
-    from slicevos.data.phantom import PhantomConfig
-    from slicevos.data.phantom_dataset import write_phantom_dataset
+    from slicevos.phantom import PhantomConfig, write_phantom_dataset
 
     out = folder / f"phantom_{depth}x{size}"
     write_phantom_dataset(out, n_labeled=0, n_unlabeled=1,
@@ -55,10 +54,10 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
 
     from slicevos.config import from_dict
     from slicevos.inference.config import InferenceConfig
-    from slicevos.inference.flow import FlowPropagator
+    from slicevos.inference.engines.flow.engine import FlowPropagator
+    from slicevos.inference.engines.stcn.engine import Propagator
     from slicevos.inference.pipeline import VolumePipeline
-    from slicevos.inference.propagation import Propagator
-    from slicevos.inference.segmenter import ReferenceSegmenter
+    from slicevos.inference.reference.segmenter import ReferenceSegmenter
     from slicevos.io.labels import get_schema
     from slicevos.models.propagation import PropagationModelConfig, PropagationNet
     from slicevos.models.reference.cps import CPSConfig, build_cps_pair

@@ -17,7 +17,7 @@ from slicevos.pseudo.consensus import DEFAULT_VARIANT, VARIANTS
 
 
 def _body(args: argparse.Namespace) -> int:
-    from slicevos.inference.ensemble import predict_members, reference_members
+    from slicevos.inference.reference.ensemble import predict_members, reference_members
     from slicevos.pseudo.generation import cases_from_inputs, generate_pseudo_labels
     from slicevos.training.distributed import (
         gather_objects,

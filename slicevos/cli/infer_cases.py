@@ -12,8 +12,8 @@ from pathlib import Path
 
 from slicevos.errors import InputError
 from slicevos.inference.pipeline import PipelineResult, VolumePipeline
-from slicevos.inference.preview import render_preview
-from slicevos.inference.report import (
+from slicevos.inference.reporting.preview import render_preview
+from slicevos.inference.reporting.report import (
     CaseReport,
     StageTimer,
     memory_summary,

@@ -13,8 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 
 log = logging.getLogger("slicevos.infer")
 REPO = Path(__file__).resolve().parents[2]

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 
 from slicevos.cli.common import run_cli
 from slicevos.config import load_config
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
 from slicevos.errors import InputError
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 
 
 def _config(args: argparse.Namespace) -> PhantomConfig:

@@ -84,7 +84,7 @@ class ModelSteps:
         return [f"data.case_weights={json.dumps(dict.fromkeys(pseudo, round(weight, 6)))}"]
 
     def _members(self, ctx: RoundContext) -> list[Any]:
-        from slicevos.inference.ensemble import reference_members
+        from slicevos.inference.reference.ensemble import reference_members
 
         members = self.config.members
         return reference_members(ctx.results["train"]["checkpoints"], members.tta, self.device,
@@ -101,7 +101,7 @@ class ModelSteps:
         return {"checkpoints": checkpoints}
 
     def generate(self, ctx: RoundContext) -> dict[str, Any]:
-        from slicevos.inference.ensemble import predict_members
+        from slicevos.inference.reference.ensemble import predict_members
         from slicevos.pseudo.generation import cases_from_inputs, generate_pseudo_labels
 
         if not ctx.results["cache"]["unlabeled"]:
@@ -117,8 +117,8 @@ class ModelSteps:
         """Mean over members of the organ-mean DSC, and the DSC of the fused ensemble (members
         and TTA flips, majority vote): the quality a pseudo-label of this round has."""
         from slicevos.data.cache import SliceCache
-        from slicevos.inference.ensemble import predict_members
-        from slicevos.inference.segmenter import ReferenceSegmenter
+        from slicevos.inference.reference.ensemble import predict_members
+        from slicevos.inference.reference.segmenter import ReferenceSegmenter
         from slicevos.inference.validation import volume_dice
         from slicevos.io.loader import load_volume
         from slicevos.metrics.overlap import dice_per_class

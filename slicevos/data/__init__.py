@@ -1,2 +1,2 @@
-"""Data: dataset folders, cached slice stores, slice / clip datasets, augmentation and the
-synthetic CT phantom generator (``slicevos.data.phantom``)."""
+"""Data: dataset folders, cached slice stores, slice / clip datasets and augmentation. The
+phantom generator is a stage of its own: ``slicevos.phantom``."""

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from slicevos.config import check_fields
 from slicevos.inference.engines import ENGINES, FusionWeights
-from slicevos.inference.flow import FlowConfig
-from slicevos.inference.slice_scale import NETWORK_UPSAMPLE_BELOW
+from slicevos.inference.engines.flow.engine import FlowConfig
+from slicevos.inference.engines.stcn.slice_scale import NETWORK_UPSAMPLE_BELOW
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 TTA_CHOICES = ("none", "flip_lr", "flip_lr_ud")
@@ -25,7 +25,7 @@ class InferenceConfig:
     ``propagator``: the engine that fills the volume from the key slices (flow: optical flow,
     no checkpoint; stcn: the trained network; guided: a flow-guided network correcting the
     flow engine's proposal; fused: a network and flow, mixed by ``fusion``); ``flow``: the
-    flow engine's options (``slicevos.inference.flow.FlowConfig``). ``key_mode`` (automatic
+    flow engine's options (``slicevos.inference.engines.flow.engine.FlowConfig``). ``key_mode`` (automatic
     mode): ``per_organ`` keys only the slice where each organ is largest, ``sampled`` makes
     every slice the reference segmented a key.
 

@@ -10,7 +10,7 @@
 Automatic mode: the reference pair segments every ``key_stride``-th slice of the (localized)
 range; with ``key_mode: sampled`` every sampled slice becomes a key (empty ones too: they end
 organs), with ``per_organ`` only the sampled slice where each organ is largest
-(:func:`~slicevos.inference.key_slices.select_key_slices`). Semi-automatic mode: the given
+(:func:`~slicevos.inference.reference.key_slices.select_key_slices`). Semi-automatic mode: the given
 masks are the keys (canonical z) and come out exactly as given, post-processing included; the
 localizer is not used. The propagation session fills every other slice of the range in both
 directions; slices outside the localizer's range are background.
@@ -18,7 +18,7 @@ directions; slices outside the localizer's range are background.
 Per-slice uncertainty (``PipelineResult.slice_uncertainty``, (D,) float32, NaN outside the
 processed range): on reference key slices the CPS disagreement of the two networks, 0 on user
 keys, elsewhere the propagation session's direction disagreement (or, beyond the outermost
-keys, its confidence proxy; see ``slicevos.inference.propagation``). All are fractions in
+keys, its confidence proxy; see ``slicevos.inference.engines.stcn.engine``). All are fractions in
 [0, 1] of the foreground pixels.
 
 Memory: the windowed volume (D, C, H, W) uint8 and the labels (D, H, W) uint8 are the only
@@ -41,11 +41,11 @@ from tqdm import tqdm
 from slicevos.errors import InputError, warn_input
 from slicevos.inference.config import InferenceConfig
 from slicevos.inference.engines import build_propagator
-from slicevos.inference.key_slices import select_key_slices
 from slicevos.inference.localizer import Localizer, predict_z_range
 from slicevos.inference.postprocess import clean_components
-from slicevos.inference.segmenter import ReferenceSegmenter
-from slicevos.inference.tta import FlipTTASegmenter
+from slicevos.inference.reference.key_slices import select_key_slices
+from slicevos.inference.reference.segmenter import ReferenceSegmenter
+from slicevos.inference.reference.tta import FlipTTASegmenter
 from slicevos.io.labels import LabelSchema
 from slicevos.io.volume import Volume
 from slicevos.preprocessing.windowing import Window, window_volume

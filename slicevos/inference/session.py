@@ -17,7 +17,7 @@ any key slice every other slice is background.
 An engine (:class:`PassEngine`) does one thing: a *pass* from one key slice through a run of
 slices in one direction, yielding per-slice *scores* ``(L, H, W)`` float32 whose argmax over
 the L channels, mapped through :meth:`PassEngine.label_lut`, is the label. STCN scores are
-probabilities; flow scores are clipped signed distances (see ``slicevos.inference.flow``).
+probabilities; flow scores are clipped signed distances (see ``slicevos.inference.engines.flow.engine``).
 Scores of the two directions are fused linearly, so they must be on a scale where a weighted
 mean is meaningful.
 
@@ -31,9 +31,8 @@ Slices below the lowest key (above the highest) get the backward (forward) pass 
 
 Uncertainty (``session.slice_uncertainty``, (D,) float32, NaN until a slice is done): 0 on
 key slices; between two keys the fraction of foreground pixels on which the two directions'
-labels differ (:func:`channel_disagreement`; flow's warp residual added to it ranked the
-slices' true errors worse on real CT, Spearman 0.59 vs 0.64 on lidc_chest_abdomen133, so it is
-not); beyond the outermost keys (one direction) the engine's
+labels differ (:func:`channel_disagreement`; why not the warp residual too:
+docs/propagation.md); beyond the outermost keys (one direction) the engine's
 :meth:`PassEngine.one_direction_uncertainty`. ``keep_disagreement_map=True`` also keeps the
 pixel map of direction disagreement.
 

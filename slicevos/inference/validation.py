@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from slicevos.data.cache import SliceCache
-from slicevos.inference.key_slices import SliceSegmenter
+from slicevos.inference.reference.key_slices import SliceSegmenter
 from slicevos.io.labels import LabelSchema
 from slicevos.metrics.overlap import dice_per_class
 from slicevos.preprocessing.position import relative_position

@@ -1,6 +1,6 @@
 """Slices of the three views, encoded for the page.
 
-Views, from the canonical (D, H, W) = (S, P, L) axes (as ``slicevos.inference.preview``):
+Views, from the canonical (D, H, W) = (S, P, L) axes (as ``slicevos.inference.reporting.preview``):
 ``axial`` ``volume[z]`` (H x W, anterior up, patient right on the left), ``coronal``
 ``volume[::-1, y, :]`` (D x W, superior up) and ``sagittal`` ``volume[::-1, :, x]`` (D x H,
 superior up, anterior on the left). Only the requested plane is copied.

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from slicevos.errors import InputError
-from slicevos.inference.preview import organ_colours
-from slicevos.inference.report import uncertainty_list, uncertainty_ranking
+from slicevos.inference.reporting.preview import organ_colours
+from slicevos.inference.reporting.report import uncertainty_list, uncertainty_ranking
 from slicevos.inference.session import PropagationSession
 from slicevos.io.labels import LabelSchema
 from slicevos.io.nifti import save_labels

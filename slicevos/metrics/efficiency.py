@@ -27,7 +27,7 @@ import psutil
 MB = 1024 * 1024
 
 
-def _device_index(device: int | str | None) -> int:
+def cuda_device_index(device: int | str | None) -> int:
     """``None`` / ``"cuda"`` -> 0, ``"cuda:1"`` / ``1`` -> 1."""
     if device is None:
         return 0
@@ -76,7 +76,7 @@ def _gpu_reader(index: int) -> Callable[[], float] | None:
     return lambda: cuda.memory_reserved(index) / MB
 
 
-def _auc(times: list[float], values: list[float]) -> float:
+def area_under_curve(times: list[float], values: list[float]) -> float:
     """Trapezoid area under ``values`` over ``times`` (unit x seconds)."""
     if len(times) < 2:
         return 0.0
@@ -103,7 +103,7 @@ class EfficiencyMeter:
         if sample_interval_s <= 0:
             raise ValueError(f"sample_interval_s must be > 0, got {sample_interval_s}")
         self.sample_interval_s = sample_interval_s
-        self.device_index = _device_index(device)
+        self.device_index = cuda_device_index(device)
         self.include_children = include_children
         self.wall_time_s: float | None = None
         self.peak_rss_mb: float | None = None
@@ -159,11 +159,11 @@ class EfficiencyMeter:
         times = [s[0] for s in self.samples]
         rss = [s[1] for s in self.samples]
         self.peak_rss_mb = max(rss)
-        self.rss_auc_mb_s = _auc(times, rss)
+        self.rss_auc_mb_s = area_under_curve(times, rss)
         if self._gpu is not None:
             gpu = [s[2] for s in self.samples]
             self.peak_gpu_mb = max(gpu)
-            self.gpu_memory_auc_mb_s = _auc(times, gpu)
+            self.gpu_memory_auc_mb_s = area_under_curve(times, gpu)
         cuda = _torch_cuda()
         if cuda is not None:
             cuda.synchronize(self.device_index)

@@ -1,6 +1,6 @@
 """Pad slices to a network stride and crop results back (no resampling here), and the factor
 by which small slices are upsampled before flow or a network (the resampling lives with them:
-``slicevos.data.optical_flow``, ``slicevos.inference.slice_scale``)."""
+``slicevos.data.optical_flow``, ``slicevos.inference.engines.stcn.slice_scale``)."""
 
 from __future__ import annotations
 

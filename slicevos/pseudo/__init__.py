@@ -1,5 +1,5 @@
 """Pseudo-labeling: consensus score of several members' predictions, filtering of the
-pseudo-labeled cases into the next round's dataset folder (see DESIGN.md, "Pseudo-labeling")."""
+pseudo-labeled cases into the next round's dataset folder (see docs/pseudo_labels.md)."""
 
 from slicevos.pseudo.consensus import VARIANTS, ConsensusScore, consensus_score, fuse_members
 from slicevos.pseudo.dataset_writer import write_accepted_dataset

@@ -15,9 +15,8 @@ member m's mask and the mask of the fused pseudo-label F (:func:`fuse_members`, 
 is written): ``2 |Y_m & F| / (|Y_m| + |F|)`` over the whole volume (both empty -> 1). It
 estimates how good the written label is, in the unit the label is judged in (3D DSC per organ);
 the per-slice formula gives the many small end slices of an organ, where members always differ
-by a pixel or two, the weight of a whole slice. On the quality-spread benchmark (README,
-"Pseudo-label rounds": two pools of 30 volumes, chosen on the first, confirmed on the second)
-it ranks volumes best with the reference-network members. ``slices`` does not apply to it.
+by a pixel or two, the weight of a whole slice. Why it is the default:
+docs/pseudo_labels.md. ``slices`` does not apply to it.
 
 ``paper_iou_majority`` (what the paper's code did): IoU of ``Y_m^k`` against the voxel-wise
 majority vote ``Maj^k = (n(v) > M/2)``; both empty -> 1, one empty -> 0.

@@ -9,9 +9,8 @@ Organ pruning (``organ_threshold`` given): an accepted case keeps only the organ
 per-class consensus is >= ``organ_threshold``; the others become *unannotated* (set to
 background in the label file and left out of its ``annotations.yaml`` entry, so the
 partial-label loss ignores them), and the case counts as partial. A case left with fewer than
-``min_organs`` organs is rejected. On the quality-spread benchmark (README, "Pseudo-label
-rounds") organs scoring >= 0.5 had a mean true DSC of 0.69 and those below 0.24: a
-poorly agreed organ mostly teaches the next round the members' mistakes.
+``min_organs`` organs is rejected: a poorly agreed organ mostly teaches the next round the
+members' mistakes (measured in docs/pseudo_labels.md).
 
 Per-organ mode (``per_organ``): a case not accepted as a whole still joins as a *partially
 labeled* case when at least ``min_organs`` of its present classes score >= the organ cutoff

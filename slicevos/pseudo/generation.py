@@ -15,7 +15,7 @@ files, flips); a case folder without case.json, or made by other members, is red
 
 Rank r of W processes takes ``sorted(cases)[r::W]``; shards are disjoint, so ranks never write
 the same folder. The prediction itself is injected (``predict(volume) -> (M, D, H, W)``), so
-this module needs no model code; ``slicevos.inference.ensemble`` provides it.
+this module needs no model code; ``slicevos.inference.reference.ensemble`` provides it.
 
 Test hook: ``SLICEVOS_TEST_EXIT_AFTER=N`` makes a process that has written N cases call
 ``os._exit(75)`` halfway through its next case (after members.npz), like a kill.

@@ -19,9 +19,8 @@ class MemberSettings:
     """One checkpoint per seed (train.seed and data.seed); per checkpoint one member per entry
     of ``networks`` ("pair": the CPS pair's mean, "a" / "b": its TransUNet / DeepLabV3+ alone),
     each also run with the TTA flips as extra members (useful only for networks trained with
-    mirroring). Default: both networks of each checkpoint, no flips (README, "Pseudo-label
-    rounds": on the quality-spread benchmark it ranks as well as the other reference-only
-    sets and is the paper's "different models"). ``warm_start``: from round 2 on, each member
+    mirroring). Default: both networks of each checkpoint, no flips (the paper's "different
+    models"; measured in docs/pseudo_labels.md). ``warm_start``: from round 2 on, each member
     starts from the weights of the previous round's member of its seed (a fresh optimizer and
     schedule over the round's data) instead of from random weights. ``pseudo_weight``: from
     round 2 on, how much likelier each slice of a pseudo-labeled case is drawn than a slice

@@ -2,7 +2,7 @@
 score and the unlabeled pool of the rounds experiment.
 
 A pool is described by ``configs/rounds/spread_pool*.yaml`` (:class:`SpreadConfig`): a ``base``
-:class:`~slicevos.data.phantom.PhantomConfig` (fields as in ``configs/phantom``) and named
+:class:`~slicevos.phantom.generator.PhantomConfig` (fields as in ``configs/phantom``) and named
 ``conditions``, each a few overrides of it, with ``seeds_per_condition`` cases each. Besides the
 PhantomConfig fields a condition may set ``contrast`` (organ HU pulled towards 45 HU by that
 factor: 1 = default, 0.3 = flat) and ``tumors`` (a tumor load; the truth then counts tumor
@@ -33,17 +33,17 @@ from typing import Any
 import yaml
 
 from slicevos.config import config_to_dict, from_dict
-from slicevos.data.phantom import DEFAULT_ORGAN_HU, PhantomConfig, make_phantom
-from slicevos.data.phantom_dataset import (
+from slicevos.errors import InputError
+from slicevos.io.atomic import atomic_write_bytes
+from slicevos.io.nifti import save_labels
+from slicevos.phantom import DEFAULT_ORGAN_HU, PhantomConfig, make_phantom
+from slicevos.phantom.dataset import (
     IMAGES_DIR,
     LABELS_DIR,
     UNLABELED_DIR,
     case_seed,
     save_ct,
 )
-from slicevos.errors import InputError
-from slicevos.io.atomic import atomic_write_bytes
-from slicevos.io.nifti import save_labels
 
 TRUTH_DIR, MANIFEST = "truth", "spread.json"
 SPLITS = ("unlabeled", "labeled")

@@ -23,7 +23,7 @@ from torch import nn
 
 from slicevos.data.slices import SliceBatch, SliceData, SliceDataConfig
 from slicevos.errors import InputError
-from slicevos.inference.segmenter import ReferenceSegmenter
+from slicevos.inference.reference.segmenter import ReferenceSegmenter
 from slicevos.inference.validation import volume_dice
 from slicevos.io.labels import get_schema
 from slicevos.losses import CPS_KINDS, CPSLoss, DiceCELoss

@@ -9,8 +9,7 @@ import pytest
 
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 from slicevos.training.propagation import PropagationConfig, PropagationTrainer
 from slicevos.training.reference import ReferenceConfig, ReferenceTrainer
 

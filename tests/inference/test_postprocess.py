@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from slicevos.benchmarks.baselines import nearest_key_copy
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.inference.config import InferenceConfig
 from slicevos.inference.pipeline import VolumePipeline
 from slicevos.inference.postprocess import clean_components
 from slicevos.io.labels import FLARE22, FLARE23, OBJECTS
 from slicevos.io.volume import Geometry, Volume
 from slicevos.metrics.overlap import dice
+from slicevos.phantom import PhantomConfig, make_phantom
 
 LIVER, AORTA, TUMOR = FLARE23.id_of("liver"), FLARE23.id_of("aorta"), FLARE23.id_of("tumor")
 

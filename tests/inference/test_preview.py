@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slicevos.errors import InputError
-from slicevos.inference.preview import (
+from slicevos.inference.reporting.preview import (
     legend_entries,
     organ_colours,
     render_preview,

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slicevos.inference.report import (
+from slicevos.inference.reporting.report import (
     CaseReport,
     StageTimer,
     memory_summary,

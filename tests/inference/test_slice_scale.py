@@ -1,4 +1,4 @@
-"""Small slices on a finer network grid (``slicevos.inference.slice_scale``): the factor
+"""Small slices on a finer network grid (``slicevos.inference.engines.stcn.slice_scale``): the factor
 rule, the round trips between the grids, and STCN / guided sessions that run on the finer
 grid but answer on the scan's own."""
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.inference.engines import GuidedPropagator
-from slicevos.inference.flow import FlowPropagator
-from slicevos.inference.propagation import Propagator
-from slicevos.inference.slice_scale import SliceScaler, upsample_factor
+from slicevos.inference.engines.flow.engine import FlowPropagator
+from slicevos.inference.engines.stcn.engine import Propagator
+from slicevos.inference.engines.stcn.slice_scale import SliceScaler, upsample_factor
 from slicevos.metrics import dice
 from slicevos.models.propagation import PropagationModelConfig, PropagationNet
+from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.padding import pad_to_multiple
 from slicevos.preprocessing.windowing import DEFAULT_WINDOWS, window_volume
 

@@ -15,11 +15,11 @@ pytest.importorskip("starlette", reason="the labeler needs starlette (pip instal
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from slicevos.data.phantom import PhantomConfig, make_phantom  # noqa: E402
 from slicevos.io.labels import FLARE22  # noqa: E402
 from slicevos.io.nifti import save_labels, save_volume  # noqa: E402
 from slicevos.labeler.server import TOKEN_HEADER, create_app  # noqa: E402
 from slicevos.labeler.state import Labeler, open_labeler  # noqa: E402
+from slicevos.phantom import PhantomConfig, make_phantom  # noqa: E402
 
 from .helpers import SHAPE, TOKEN  # noqa: E402
 

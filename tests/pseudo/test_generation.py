@@ -16,8 +16,8 @@ import pytest
 from slicevos.cli.generate_pseudo_labels import main as generate_main
 from slicevos.data.cache_build import TEST_EXIT_AFTER_ENV
 from slicevos.errors import InputError
-from slicevos.inference.ensemble import ReferenceMember, predict_members
-from slicevos.inference.segmenter import ReferenceSegmenter
+from slicevos.inference.reference.ensemble import ReferenceMember, predict_members
+from slicevos.inference.reference.segmenter import ReferenceSegmenter
 from slicevos.io.labels import FLARE22
 from slicevos.io.loader import load_volume
 from slicevos.io.volume import Volume
@@ -174,8 +174,8 @@ def test_cases_from_inputs(setup, tmp_path):
 def test_benchmark_scores_consensus_against_phantom_truth(setup, tmp_path, capsys):
     from slicevos.cli.benchmark_pseudo import main as benchmark_main
     from slicevos.cli.benchmark_pseudo import spearman
-    from slicevos.data.phantom import make_phantom
     from slicevos.metrics.overlap import dice_per_class
+    from slicevos.phantom import make_phantom
     from slicevos.pseudo.consensus import consensus_score, fuse_members
 
     dataset, checkpoints = setup
@@ -238,7 +238,7 @@ def test_benchmark_scores_two_pools_as_one_set(setup, tmp_path, capsys):
 
 
 def test_members_of_one_network_of_the_pair(setup):
-    from slicevos.inference.ensemble import reference_members
+    from slicevos.inference.reference.ensemble import reference_members
 
     _, checkpoints = setup
     members = reference_members(checkpoints[:1], ["flip_lr"], networks=["a", "b"])
@@ -259,8 +259,8 @@ def test_members_of_one_network_of_the_pair(setup):
 
 
 def test_pipeline_members_fill_the_same_keys_with_each_engine():
-    from slicevos.data.phantom import PhantomConfig, make_phantom
-    from slicevos.inference.ensemble import pipeline_members
+    from slicevos.inference.reference.ensemble import pipeline_members
+    from slicevos.phantom import PhantomConfig, make_phantom
 
     demo = ROOT / "checkpoints"
     members = pipeline_members([demo / "demo_reference.pt"], ["stcn", "flow"],

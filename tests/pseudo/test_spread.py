@@ -10,10 +10,10 @@ import yaml
 
 from slicevos.cli.benchmark_pseudo import acceptance, kendall, parse_member_sets
 from slicevos.data.dataset_folder import discover_cases
-from slicevos.data.phantom import DEFAULT_ORGAN_HU, TUMOR_ID, make_phantom
 from slicevos.errors import InputError
 from slicevos.io.labels import FLARE22
 from slicevos.io.nifti import load_labels
+from slicevos.phantom import DEFAULT_ORGAN_HU, TUMOR_ID, make_phantom
 from slicevos.pseudo.filtering import FilterConfig
 from slicevos.pseudo.spread import (
     SpreadConfig,

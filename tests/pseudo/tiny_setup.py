@@ -10,8 +10,7 @@ import torch
 
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 from slicevos.training.reference import ReferenceConfig, ReferenceTrainer
 
 ROOT = Path(__file__).resolve().parents[2]

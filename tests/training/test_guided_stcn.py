@@ -13,13 +13,13 @@ import torch
 from slicevos.config import load_config
 from slicevos.data.flow_prior import clip_flow_prior
 from slicevos.data.optical_flow import FlowSettings
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.errors import InputError
 from slicevos.inference.engines import GuidedPropagator, build_propagator, checkpoint_engine
-from slicevos.inference.flow import FlowPropagator
-from slicevos.inference.propagation import Propagator, load_propagation_net
+from slicevos.inference.engines.flow.engine import FlowPropagator
+from slicevos.inference.engines.stcn.engine import Propagator, load_propagation_net
 from slicevos.metrics import dice
 from slicevos.models.propagation import PropagationModelConfig, PropagationNet
+from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.windowing import window_volume
 from slicevos.training.propagation import PropagationConfig, PropagationTrainer
 

@@ -14,7 +14,7 @@ import torch
 from slicevos.config import load_config
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
 from slicevos.errors import InputError
-from slicevos.inference.propagation import Propagator, load_propagation_net
+from slicevos.inference.engines.stcn.engine import Propagator, load_propagation_net
 from slicevos.io.checkpoint import load_checkpoint
 from slicevos.training.propagation import PropagationConfig, PropagationTrainer, mask_padding_slots
 

@@ -14,13 +14,12 @@ from slicevos.cli.train_reference import main as train_main
 from slicevos.config import load_config
 from slicevos.data.cache import SliceCache
 from slicevos.data.cache_build import PrepareConfig, prepare_cache
-from slicevos.data.phantom import PhantomConfig
-from slicevos.data.phantom_dataset import write_phantom_dataset
-from slicevos.inference.segmenter import ReferenceSegmenter
+from slicevos.inference.reference.segmenter import ReferenceSegmenter
 from slicevos.inference.validation import volume_dice
 from slicevos.io.checkpoint import load_checkpoint
 from slicevos.io.labels import FLARE22
 from slicevos.models.reference.cps import build_cps_pair
+from slicevos.phantom import PhantomConfig, write_phantom_dataset
 from slicevos.training.reference import ReferenceConfig, ReferenceTrainer
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "reference" / "tiny.yaml"
@@ -123,8 +122,8 @@ def test_partial_case_annotated_mask(cache_dir):
 
 def test_checkpoint_to_key_slices(cache_dir, tmp_path):
     """A trained checkpoint alone gives a segmenter (schema, windows) that picks key slices."""
-    from slicevos.data.phantom import make_phantom
-    from slicevos.inference.key_slices import select_key_slices
+    from slicevos.inference.reference.key_slices import select_key_slices
+    from slicevos.phantom import make_phantom
     from slicevos.preprocessing.windowing import window_volume
 
     config = tiny_config(cache_dir, tmp_path / "run", "train.iterations=2",

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from slicevos.errors import InputError
-from slicevos.inference.preview_legend import LegendEntry, legend_image
-from slicevos.inference.report import check_spacing, slice_class_areas
+from slicevos.inference.reporting.legend import LegendEntry, legend_image
+from slicevos.inference.reporting.report import check_spacing, slice_class_areas
 from slicevos.io.atomic import atomic_write_bytes
 from slicevos.io.labels import LabelSchema
 from slicevos.preprocessing.windowing import PRESETS, Window, apply_window

@@ -28,8 +28,8 @@ import torch
 
 from slicevos.data.dataset_folder import source_fingerprint
 from slicevos.errors import InputError
-from slicevos.inference.segmenter import ReferenceSegmenter
-from slicevos.inference.tta import mirrored_class_order
+from slicevos.inference.reference.segmenter import ReferenceSegmenter
+from slicevos.inference.reference.tta import mirrored_class_order
 from slicevos.io.volume import Volume
 from slicevos.preprocessing.position import relative_position
 from slicevos.preprocessing.windowing import window_volume

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slicevos.data.phantom_anatomy import SOFT_BACKGROUND, Structure, Tissue
-from slicevos.data.phantom_fields import Grid
-from slicevos.data.phantom_organs import Anatomy
+from slicevos.phantom.anatomy import SOFT_BACKGROUND, Structure, Tissue
+from slicevos.phantom.fields import Grid
+from slicevos.phantom.organs import Anatomy
 
 SOFT = np.zeros(256, bool)
 SOFT[list(SOFT_BACKGROUND)] = True

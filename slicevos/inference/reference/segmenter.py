@@ -17,7 +17,7 @@ import torch
 
 from slicevos.config import from_dict
 from slicevos.inference.checkpoints import build_and_load, load_with_windows
-from slicevos.inference.uncertainty import label_disagreement
+from slicevos.inference.reporting.uncertainty import label_disagreement
 from slicevos.io.labels import LabelSchema, get_schema
 from slicevos.models.reference.cps import CPSConfig, CPSPair, build_cps_pair
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple

@@ -19,7 +19,7 @@ from slicevos.preprocessing.padding import crop_to, pad_to_multiple, upsample_fa
 
 __all__ = ["NETWORK_UPSAMPLE_BELOW", "SliceScaler", "upsample_factor"]
 
-NETWORK_UPSAMPLE_BELOW = 256  # build_propagator and InferenceConfig (README, "Learned propagation")
+NETWORK_UPSAMPLE_BELOW = 256  # build_propagator and InferenceConfig (docs/propagation.md)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@
     labels = session.run()
 
 A pass from key ``k`` composes the flows between adjacent slices into one map of each slice
-onto ``k`` (``slicevos.inference.flow_field``) and warps the key's per-object signed
-distances through it once (``slicevos.inference.flow_shapes``). Scores are those distances
+onto ``k`` (``slicevos.inference.engines.flow.field``) and warps the key's per-object signed
+distances through it once (``slicevos.inference.engines.flow.shapes``). Scores are those distances
 (pixels, clipped to ``±clip``; background scores 0), so the session's distance-weighted mean
 of the two directions interpolates the shapes between the keys. Per slice the cost is one
 flow, one map composition, one warp of the key image, and warps of the objects' boxes only:
@@ -24,10 +24,10 @@ Shapes between keys: an object on both keys of a segment is the distance-weighte
 its two warped signed distances. An object on one key only scores ``-absent_depth * radius``
 (its area-equivalent radius on the key that has it) from the other side, so it shrinks on
 the way and vanishes ``1 / (1 + absent_depth)`` of the way to the key without it (None:
-``-clip``, which makes small organs vanish within a few slices of their key). Measured on the
-shared real volumes (keys every 5/10/20): 0.3 beats 1.0 everywhere, e.g. example_ct_full112
-at keys every 10 0.764 -> 0.822 mean DSC, lidc_chest_abdomen133 0.861 -> 0.868; 0.15-0.3 is
-a plateau.
+``-clip``, which makes small organs vanish within a few slices of their key). Several parts
+of one object: see ``outside_depth`` in ``shapes``; where objects overlap, the argmax compares
+depths relative to each object's size (``box_scores``). Why these values:
+docs/propagation.md.
 
 Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry an organ on
 to the volume's end:
@@ -52,14 +52,14 @@ import torch
 from slicevos.config import check_fields
 from slicevos.errors import InputError
 from slicevos.inference.box_scores import BoxScores
-from slicevos.inference.flow_field import (
+from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
     compose,
     flow_image,
     identity_map,
 )
-from slicevos.inference.flow_shapes import ObjectShape, intensity_models, key_shapes
+from slicevos.inference.engines.flow.shapes import ObjectShape, intensity_models, key_shapes
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
 from slicevos.preprocessing.windowing import Window, resolve_windows
 

@@ -26,11 +26,11 @@ import numpy as np
 from tqdm import tqdm
 
 from slicevos.config import config_to_dict
-from slicevos.data.phantom import PhantomConfig, make_phantom
 from slicevos.errors import InputError
 from slicevos.io.atomic import atomic_path, atomic_write_bytes
 from slicevos.io.nifti import save_labels
 from slicevos.io.volume import Geometry
+from slicevos.phantom.generator import PhantomConfig, make_phantom
 
 IMAGES_DIR, LABELS_DIR, UNLABELED_DIR = "imagesTr", "labelsTr", "unlabeled"
 DATASET_JSON = "dataset.json"
@@ -118,7 +118,7 @@ def _write_json(root: Path, cases: list[PhantomCase], config: PhantomConfig,
     labeled = [c for c in cases if c.label is not None]
     payload = {
         "name": "slicevos-phantom",
-        "description": "Synthetic abdominal CT phantoms (slicevos.data.phantom); HU as int16",
+        "description": "Synthetic abdominal CT phantoms (slicevos.phantom.generator); HU as int16",
         "schema": schema.name,
         "labels": schema.label_map(),
         "channel_names": {"0": "CT"},

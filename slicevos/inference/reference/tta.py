@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slicevos.inference.segmenter import ReferenceSegmenter, SlicePrediction
+from slicevos.inference.reference.segmenter import ReferenceSegmenter, SlicePrediction
 from slicevos.io.labels import LabelSchema
 
 FLIP_AXES: dict[str, tuple[tuple[int, ...], ...]] = {

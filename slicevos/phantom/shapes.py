@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from slicevos.data.phantom_fields import SmoothField
+from slicevos.phantom.fields import SmoothField
 
 Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slicevos.data.phantom_anatomy import (
+from slicevos.io.labels import FLARE22
+from slicevos.phantom.anatomy import (
     Body,
     Diaphragm,
     Pelvis,
@@ -25,9 +26,8 @@ from slicevos.data.phantom_anatomy import (
     sample_body,
     sample_frame,
 )
-from slicevos.data.phantom_fields import SmoothField
-from slicevos.data.phantom_shapes import Difference, Ellipsoid, Shape, Tube, Union, rotation
-from slicevos.io.labels import FLARE22
+from slicevos.phantom.fields import SmoothField
+from slicevos.phantom.shapes import Difference, Ellipsoid, Shape, Tube, Union, rotation
 
 ORGAN_ID = {name: FLARE22.id_of(name) for name in FLARE22.names}
 # Drawing order: where two structures overlap, the later one wins.

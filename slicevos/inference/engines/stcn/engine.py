@@ -9,7 +9,7 @@ style memory propagation with the trained network.
     labels = session.run()                     # (D, H, W) uint8
 
 Object modes: the network's ``object_mode`` picks the strategy of
-``slicevos.inference.object_modes`` (per_object: one value per object, background + objects
+``slicevos.inference.engines.stcn.object_modes`` (per_object: one value per object, background + objects
 probabilities; joint: one value per slice from the one-hot class mask, class probabilities,
 argmax = class id, key labels < K, cost independent of the object count).
 
@@ -35,8 +35,10 @@ import torch
 from slicevos.config import from_dict
 from slicevos.errors import InputError
 from slicevos.inference.checkpoints import load_with_windows
-from slicevos.inference.memory_bank import FeatureCache, MemoryBank
-from slicevos.inference.object_modes import object_mode
+from slicevos.inference.engines.stcn.memory_bank import FeatureCache, MemoryBank
+from slicevos.inference.engines.stcn.object_modes import object_mode
+from slicevos.inference.engines.stcn.slice_scale import SliceScaler, upsample_factor
+from slicevos.inference.reporting.uncertainty import low_confidence
 from slicevos.inference.session import (
     PassEngine,
     PassOutput,
@@ -44,8 +46,6 @@ from slicevos.inference.session import (
     SessionStats,
     fuse_directions,
 )
-from slicevos.inference.slice_scale import SliceScaler, upsample_factor
-from slicevos.inference.uncertainty import low_confidence
 from slicevos.models.propagation import KeyFeatures, PropagationModelConfig, PropagationNet
 from slicevos.preprocessing.windowing import Window
 
@@ -64,7 +64,7 @@ class Propagator:
     ``feature_cache_slices``: None = cache every slice, else an LRU of that many;
     ``key_batch_size``: slices key-encoded per network call; ``upsample_below``: slices whose
     longer side is under that many pixels run on a grid up to twice as fine
-    (``slicevos.inference.slice_scale``; 0 = never); ``keep_disagreement_map``:
+    (``slicevos.inference.engines.stcn.slice_scale``; 0 = never); ``keep_disagreement_map``:
     sessions keep a (D, H, W) bool map of where the two directions disagree; ``windows``: the
     CT windows the network was trained on (from its checkpoint), for callers that window.
     """

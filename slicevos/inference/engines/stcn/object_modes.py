@@ -1,5 +1,5 @@
 """Object modes of a propagation session: the strategy that tells a
-:class:`~slicevos.inference.propagation.PropagationSession` how key masks become value-encoder
+:class:`~slicevos.inference.engines.stcn.engine.PropagationSession` how key masks become value-encoder
 masks, how decoder output becomes probabilities and how probabilities map to labels.
 
 ``PerObjectMode``: one binary mask / memory value per object, probabilities over background +

@@ -11,7 +11,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from slicevos.data.phantom_shapes import Shape
+from slicevos.phantom.shapes import Shape
 
 
 class Tissue(IntEnum):

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from slicevos.data.phantom_anatomy import TISSUE_HU, Structure, Tissue
-from slicevos.data.phantom_fields import Grid, SmoothField
-from slicevos.data.phantom_organs import ORGAN_ID, Anatomy, sample_anatomy
-from slicevos.data.phantom_render import render
-from slicevos.data.phantom_shapes import Ellipsoid, rotation
 from slicevos.errors import InputError
 from slicevos.io.labels import FLARE22, FLARE23, LabelSchema
 from slicevos.io.volume import Geometry, Volume
+from slicevos.phantom.anatomy import TISSUE_HU, Structure, Tissue
+from slicevos.phantom.fields import Grid, SmoothField
+from slicevos.phantom.organs import ORGAN_ID, Anatomy, sample_anatomy
+from slicevos.phantom.render import render
+from slicevos.phantom.shapes import Ellipsoid, rotation
 
 TUMOR_ID = FLARE23.id_of("tumor")
 DEFAULT_ORGAN_HU: dict[str, float] = {
