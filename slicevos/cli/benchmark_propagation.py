@@ -157,7 +157,8 @@ def _propagate_with(propagator: Any) -> Any:
 def _infer_default() -> Any:
     """fn(keys, volume) -> what ``slicevos-infer --keys`` writes with its default config
     (the pipeline: flow engine, component rules of the FLARE23 schema, keys as drawn)."""
-    config = load_config(INFERENCE_DEFAULT, InferenceConfig)
+    config = (load_config(INFERENCE_DEFAULT, InferenceConfig) if INFERENCE_DEFAULT.is_file()
+              else InferenceConfig())
     pipeline = VolumePipeline.from_checkpoints(None, config=config, schema=FLARE23)
     return lambda keys, volume: pipeline.run(volume, keys).labels
 

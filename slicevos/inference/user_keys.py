@@ -78,8 +78,8 @@ def read_key_slices(path: str | PathLike, volume: Volume, schema: LabelSchema | 
         drawn = np.flatnonzero(labels.reshape(depth, -1).any(axis=1))
         keys = {int(z): labels[z].copy() for z in drawn}
     else:
-        keys = {geometry.slice_index(_check_index(i, depth, source)): None for i in chosen}
-        keys = {z: labels[z].copy() for z in keys}
+        canonical = (geometry.slice_index(_check_index(i, depth, source)) for i in chosen)
+        keys = {z: labels[z].copy() for z in canonical}
     for index in empty_slices:
         z = geometry.slice_index(_check_index(index, depth, "--empty-slices"))
         if labels[z].any():
