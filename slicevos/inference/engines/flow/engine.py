@@ -10,7 +10,7 @@
 A pass from key ``k`` composes the flows between adjacent slices into one map of each slice
 onto ``k`` (``slicevos.inference.engines.flow.field``) and warps the key's per-object signed
 distances through it once (``slicevos.inference.engines.flow.shapes``). Scores are those distances
-(pixels, clipped to ``±clip``; background scores 0), so the session's distance-weighted mean
+(pixels, clipped to ``[floor, clip]``, see ``shapes``; background scores 0), so the session's distance-weighted mean
 of the two directions interpolates the shapes between the keys. Per slice the cost is one
 flow, one map composition, one warp of the key image, and warps of the objects' boxes only:
 it grows with the objects' area, not with their count times the slice.
@@ -33,7 +33,7 @@ Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry
 to the volume's end:
 
 - ``intensity`` (default): each object's grey-value model from the key slices
-  (``flow_shapes.intensity_models``: its histogram against a ring around it); in a pass
+  (``shapes.intensity_models``: its histogram against a ring around it); in a pass
   beyond the outermost key an object ends for good on the first slice where the fraction of
   its warped prediction whose (blurred) log-likelihood ratio is positive falls below
   ``end_support`` times that fraction on its own key;
