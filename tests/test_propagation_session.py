@@ -223,7 +223,7 @@ def test_repropagation_to_volume_end(net: PropagationNet) -> None:
 
 def test_session_fuses_each_middle_slice_with_its_keys(net: PropagationNet,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from slicevos.inference import session as session_module
+    from slicevos.inference import tracks as session_module
 
     calls: list[tuple[int, int, int]] = []
 

@@ -38,6 +38,10 @@ class BoxScores:
     def argmax(self) -> np.ndarray:
         """(H, W) int64 label channel of the scaled scores (module doc); ties go to the lower
         channel (as ``argmax``)."""
+        return self.top()[0]
+
+    def top(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`argmax` and the winning scaled score (H, W) float32 (0 on background)."""
         best = np.zeros(self.shape, np.float32)
         label = np.zeros(self.shape, np.int64)
         for channel in sorted(self.boxes):
@@ -47,7 +51,7 @@ class BoxScores:
             wins = values > best[box]
             best[box][wins] = values[wins]
             label[box][wins] = channel
-        return label
+        return label, best
 
     def channel(self, c: int, box: Box | None = None) -> np.ndarray:
         """Channel ``c`` inside ``box`` (default: the whole slice) as a dense array."""

@@ -53,53 +53,22 @@ import numpy as np
 import torch
 
 from slicevos.errors import InputError
-from slicevos.inference.box_scores import BoxScores
-
-Scores = torch.Tensor | BoxScores
-
-
-def fusion_weight(z: int, z_left: int, z_right: int, conf_fwd: np.ndarray | None = None,
-                  conf_bwd: np.ndarray | None = None) -> float | np.ndarray:
-    """Weight of the forward pass (from key ``z_left``) on slice ``z_left < z < z_right``:
-    ``w_l = (z_right - z) / (z_right - z_left)`` (the nearer key weighs more); with per-pixel
-    confidences (H, W) in (0, 1] of both passes, ``w_l c_l / (w_l c_l + w_r c_r)``."""
-    if not z_left < z < z_right:
-        raise ValueError(f"fuse_directions needs z_left < z < z_right, got {z_left}, {z}, "
-                         f"{z_right}")
-    weight_left = (z_right - z) / (z_right - z_left)
-    if conf_fwd is None or conf_bwd is None:
-        return weight_left
-    left = weight_left * np.maximum(conf_fwd, 1e-3)
-    right = (1.0 - weight_left) * np.maximum(conf_bwd, 1e-3)
-    return (left / (left + right)).astype(np.float32)
-
-
-def fuse_directions(prob_fwd: Scores, prob_bwd: Scores, z: int, z_left: int, z_right: int,
-                    conf_fwd: np.ndarray | None = None,
-                    conf_bwd: np.ndarray | None = None) -> Scores:
-    """Weighted mean (:func:`fusion_weight`) of the forward and backward passes' scores
-    ((L, H, W) tensors or :class:`BoxScores`) of slice ``z``."""
-    weight = fusion_weight(z, z_left, z_right, conf_fwd, conf_bwd)
-    if isinstance(prob_fwd, BoxScores):
-        return prob_fwd.blend(prob_bwd, weight)
-    if isinstance(weight, np.ndarray):
-        weight = torch.from_numpy(weight).to(prob_fwd)
-    return torch.lerp(prob_bwd, prob_fwd, weight)
-
-
-def score_channels(scores: Scores) -> np.ndarray:
-    """(H, W) int64: the argmax channel of the scores (ties: the lower channel)."""
-    if isinstance(scores, BoxScores):
-        return scores.argmax()
-    return scores.max(0).indices.cpu().numpy()
-
-
-def channel_disagreement(channels_a: np.ndarray, channels_b: np.ndarray) -> float:
-    """Fraction of the pixels that either map (H, W) calls foreground (> 0) on which the two
-    differ; 0 where both are all background."""
-    foreground = (channels_a > 0) | (channels_b > 0)
-    count = int(foreground.sum())
-    return float(((channels_a != channels_b) & foreground).sum()) / count if count else 0.0
+from slicevos.inference.tracks import (
+    KEY_STRENGTH,
+    ObjectOutputs,
+    SegmentResult,
+    Track,
+    TrackView,
+)
+from slicevos.inference.fusion import (  # noqa: F401  (the session's public helpers)
+    PassOutput,
+    Scores,
+    channel_disagreement,
+    fuse_directions,
+    fusion_weight,
+    score_channels,
+    score_top,
+)
 
 
 @dataclass
@@ -115,24 +84,18 @@ class SessionStats:
     flow_fields: int = 0
 
 
-@dataclass
-class PassOutput:
-    """One slice of one pass: ``scores`` ((L, H, W) float32 tensor, or :class:`BoxScores`)
-    and, where the engine has one, a per-pixel ``confidence`` (H, W) float32 in (0, 1]."""
-
-    scores: Scores
-    confidence: np.ndarray | None = None
-
-
 class PassEngine:
     """What an engine does for a :class:`PropagationSession` (see the module doc). An engine
-    instance belongs to one session and reads its ``key_masks`` and ``object_ids``."""
+    instance belongs to one track of a session (``slicevos.inference.tracks.TrackView``: the
+    session as that track's objects and keys see it) and reads its ``key_masks`` and
+    ``object_ids``."""
 
     def check_key(self, z: int, labels: np.ndarray) -> None:
         """Raise InputError for key labels this engine cannot take."""
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
-        """Key slice ``z`` was set or replaced; ``objects_changed``: the object list grew."""
+        """Key slice ``z`` was set, replaced or removed; ``objects_changed``: the object list
+        changed."""
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         """uint8 (L,): the label of each score channel (applied to the argmax)."""
@@ -144,63 +107,233 @@ class PassEngine:
         segment's other key (None beyond the outermost key)."""
         raise NotImplementedError
 
-    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
-        """Doubt in [0, 1] about a slice seen from one key only (beyond the outermost key);
-        ``channels`` (H, W) is the argmax channel of ``output.scores``."""
+    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+        """(H, W) float32 doubt in [0, 1] per pixel of a slice seen from one key only (beyond
+        the outermost key); None: no doubt measure."""
         raise NotImplementedError
 
 
-
 class PropagationSession:
-    """State of one volume: key masks, labels (D, H, W) uint8 and which slices are up to date;
-    the engine made by ``engine_factory(session)`` does the passes."""
+    """Key slices, labels (D, H, W) uint8 and the tracks that propagate them; the engine of
+    each track is made by ``engine_factory(track_view)``."""
 
-    def __init__(self, image: torch.Tensor, engine_factory: Callable[[PropagationSession],
+    def __init__(self, image: torch.Tensor, engine_factory: Callable[[TrackView],
                  PassEngine], keep_disagreement_map: bool = False) -> None:
         self.image = image
         self.depth, _, self.height, self.width = image.shape
         self.key_masks: dict[int, np.ndarray] = {}
-        self.object_ids: list[int] = []
+        self.organ_keys: dict[int, dict[int, np.ndarray]] = {}
         self.labels = np.zeros((self.depth, self.height, self.width), np.uint8)
-        self.up_to_date = np.zeros(self.depth, bool)
         self.stats = SessionStats()
-        self.slice_uncertainty = np.full(self.depth, np.nan, np.float32)
+        self.shared: dict = {}
+        self.outputs = ObjectOutputs(self.depth)
+        self.tracks: list[Track] = []
+        self._engine_factory = engine_factory
+        self._probe: PassEngine | None = None
+        self._swept = np.zeros(self.depth, bool)  # slices done while there is no object
         self._disagreement = (np.zeros((self.depth, self.height, self.width), bool)
                               if keep_disagreement_map else None)
-        self.engine = engine_factory(self)
+
+    # -- keys ------------------------------------------------------------------------------
 
     @property
     def key_slices(self) -> list[int]:
+        """The whole-slice key slices, sorted."""
         return sorted(self.key_masks)
 
-    def add_mask(self, z: int, labels: np.ndarray) -> None:
-        """Make slice ``z`` a key slice with ``labels`` (H, W) (label values = object ids,
-        0 = background). Marks the segments next to ``z`` for re-propagation."""
+    @property
+    def any_key_slices(self) -> list[int]:
+        """Slices with a whole-slice key or any organ's own key, sorted."""
+        organ = {z for keys in self.organ_keys.values() for z in keys}
+        return sorted(set(self.key_masks) | organ)
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Every object of the session (on any key), sorted."""
+        return sorted(o for track in self.tracks for o in track.objects)
+
+    def object_key_slices(self, object_id: int) -> list[int]:
+        """The slices that are keys for ``object_id``: whole-slice keys and its own."""
+        return sorted(set(self.key_masks) | set(self.organ_keys.get(object_id, {})))
+
+    def track_key_mask(self, z: int, objects: frozenset[int]) -> np.ndarray:
+        """Key labels (H, W) uint8 of slice ``z`` restricted to ``objects``."""
+        if z in self.key_masks:
+            labels = self.key_masks[z]
+            present = {int(v) for v in np.unique(labels) if v}
+            return labels if present <= objects else np.where(
+                np.isin(labels, sorted(objects)), labels, 0).astype(np.uint8)
+        out = np.zeros((self.height, self.width), np.uint8)
+        for object_id in sorted(objects):
+            mask = self.organ_keys.get(object_id, {}).get(z)
+            if mask is not None:
+                out[mask] = object_id
+        return out
+
+    @property
+    def engine(self) -> PassEngine:
+        """The engine of the first track (or of no track yet: for checks)."""
+        if self.tracks:
+            return self.tracks[0].engine
+        if self._probe is None:
+            self._probe = self._engine_factory(TrackView(self, frozenset()))
+        return self._probe
+
+    def _check_plane(self, z: int, plane: np.ndarray, what: str) -> np.ndarray:
         if not 0 <= z < self.depth:
             raise InputError(None, f"key slice {z} is outside the volume of {self.depth} "
                              f"slices", f"pass 0 <= z < {self.depth}")
-        labels = np.asarray(labels)
-        if labels.shape != (self.height, self.width):
-            raise InputError(None, f"key mask of slice {z} has shape {labels.shape}, expected "
-                             f"(H, W) = {(self.height, self.width)}", "pass one 2D label slice")
+        plane = np.asarray(plane)
+        if plane.shape != (self.height, self.width):
+            raise InputError(None, f"{what} of slice {z} has shape {plane.shape}, expected "
+                             f"(H, W) = {(self.height, self.width)}", "pass one 2D slice")
+        return plane
+
+    def add_mask(self, z: int, labels: np.ndarray) -> None:
+        """Make slice ``z`` a whole-slice key with ``labels`` (H, W) (label values = object
+        ids, 0 = background): it vouches for every object, absent ones included, and
+        replaces any per-organ key on ``z``. Marks the segments next to ``z`` (of every track
+        whose objects it changes) for re-propagation."""
+        labels = self._check_plane(z, labels, "key mask")
         if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 255:
             raise InputError(None, f"key mask of slice {z} must hold integer labels 0..255, got "
                              f"{labels.dtype} in [{labels.min()}, {labels.max()}]",
                              "pass a uint8 label slice")
         self.engine.check_key(z, labels)
         labels = labels.astype(np.uint8)
-        below = [k for k in self.key_masks if k < z]
-        above = [k for k in self.key_masks if k > z]
-        low, high = (max(below) + 1 if below else 0), (min(above) if above else self.depth)
-        self.up_to_date[low:high] = False
+        before = {id(t): t.view.key_masks.get(z) for t in self.tracks}
+        for keys in self.organ_keys.values():
+            keys.pop(z, None)
         self.key_masks[z] = labels
+        self._swept[:] = False
+        present = {int(v) for v in np.unique(labels) if v}
+        new = frozenset(present - set(self.object_ids))
+        if new:
+            self._add_objects(new)
+        for track in self.tracks:
+            old = before.get(id(track))
+            if old is None or not np.array_equal(old, self.track_key_mask(z, track.objects)):
+                track.key_changed(z)
+        for object_id in self.object_ids:
+            self.outputs.put(object_id, z, labels == object_id, KEY_STRENGTH, 0.0)
         self.labels[z] = labels
-        self.slice_uncertainty[z] = 0.0
-        self.up_to_date[z] = True
-        object_ids = sorted(set(self.object_ids) | {int(v) for v in np.unique(labels) if v})
-        changed = object_ids != self.object_ids
-        self.object_ids = object_ids
-        self.engine.keys_changed(z, changed)
+
+    def add_object_mask(self, z: int, object_id: int, mask: np.ndarray) -> None:
+        """Make slice ``z`` a key for object ``object_id`` only, with ``mask`` (H, W) bool
+        (empty: the object is absent there, e.g. past its end). The other objects on ``z``
+        stay propagated; on a whole-slice key the key's labels change instead."""
+        mask = self._check_plane(z, mask, "organ mask").astype(bool)
+        if not 1 <= int(object_id) <= 255:
+            raise InputError(None, f"object id {object_id} is outside 1..255",
+                             "pass the organ's label value")
+        object_id = int(object_id)
+        if z in self.key_masks:
+            labels = self.key_masks[z].copy()
+            labels[labels == object_id] = 0
+            labels[mask] = object_id
+            self.add_mask(z, labels)
+            return
+        self.engine.check_key(z, (mask * object_id).astype(np.uint8))
+        self.organ_keys.setdefault(object_id, {})[z] = mask
+        self._swept[:] = False
+        self._own_track(object_id).key_changed(z)
+        self.outputs.put(object_id, z, mask, KEY_STRENGTH, 0.0)
+        self.labels[z] = self.outputs.merge(z, (self.height, self.width))
+
+    def remove_key(self, z: int, object_id: int | None = None) -> None:
+        """Drop the whole-slice key ``z`` (``object_id`` None, per-organ keys on it too) or
+        object ``object_id``'s own key on ``z``; the slice is propagated again."""
+        if object_id is None:
+            self.key_masks.pop(z, None)
+            for keys in self.organ_keys.values():
+                keys.pop(z, None)
+            touched = self.tracks
+        else:
+            self.organ_keys.get(object_id, {}).pop(z, None)
+            touched = [t for t in self.tracks if object_id in t.objects]
+        self._swept[:] = False
+        for track in touched:
+            track.key_changed(z)
+
+    def keys_of_slice(self, z: int) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
+        """Slice ``z``'s keys: the whole-slice labels (or None) and per-organ masks."""
+        return (self.key_masks.get(z), {o: keys[z] for o, keys in self.organ_keys.items()
+                                         if z in keys})
+
+    def set_keys_of_slice(self, z: int, whole: np.ndarray | None,
+                          organs: dict[int, np.ndarray]) -> None:
+        """Restore slice ``z``'s keys as :meth:`keys_of_slice` gave them (undo)."""
+        current_whole, current_organs = self.keys_of_slice(z)
+        if whole is not None:
+            self.add_mask(z, whole)
+        elif current_whole is not None:
+            self.remove_key(z)
+        for object_id in set(current_organs) - set(organs):
+            self.remove_key(z, object_id)
+        for object_id, mask in organs.items():
+            self.add_object_mask(z, object_id, mask)
+
+    def _add_objects(self, objects: frozenset[int]) -> None:
+        """New objects seen on a whole-slice key join the track of whole-slice keys only."""
+        for i, track in enumerate(self.tracks):
+            if not any(self.organ_keys.get(o) for o in track.objects):
+                track.add_objects(objects)
+                return
+        self.tracks.append(Track(self, objects, self._engine_factory,
+                                 np.ones(self.depth, bool)))
+
+    def _own_track(self, object_id: int) -> Track:
+        """The track of ``object_id`` alone (split off its track, or new)."""
+        for i, track in enumerate(self.tracks):
+            if object_id not in track.objects:
+                continue
+            if track.objects == {object_id}:
+                return track
+            rest = track.objects - {object_id}
+            self.tracks[i] = Track(self, rest, self._engine_factory, track.up_to_date)
+            own = Track(self, frozenset({object_id}), self._engine_factory, track.up_to_date)
+            self.tracks.append(own)
+            return own
+        own = Track(self, frozenset({object_id}), self._engine_factory,
+                    np.ones(self.depth, bool))
+        self.tracks.append(own)
+        return own
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def up_to_date(self) -> np.ndarray:
+        """(D,) bool: every track is done on the slice (key slices always are)."""
+        done = (np.logical_and.reduce([t.up_to_date for t in self.tracks]) if self.tracks
+                else self._swept.copy())
+        done[list(self.key_masks)] = True
+        return done
+
+    def pending_slices(self) -> int:
+        """Slice passes the next :meth:`propagate` makes (a slice counts once per track)."""
+        if not self.tracks:
+            return int((~self.up_to_date).sum())
+        return sum(track.pending() for track in self.tracks)
+
+    @property
+    def slice_uncertainty(self) -> np.ndarray:
+        """(D,) float32 in [0, 1]: the doubt of all objects' pixels (module doc); 0 on
+        whole-slice keys, NaN where a slice is not up to date."""
+        values = self.outputs.uncertainty(self.object_ids)
+        values[~self.up_to_date] = np.nan
+        values[list(self.key_masks)] = 0.0
+        return values
+
+    def object_uncertainty(self, object_id: int) -> np.ndarray:
+        """(D,) float32: :attr:`slice_uncertainty` of one object's pixels (0 on its keys)."""
+        values = self.outputs.uncertainty([object_id])
+        track = next((t for t in self.tracks if object_id in t.objects), None)
+        if track is not None:
+            values[~track.up_to_date] = np.nan
+        values[self.object_key_slices(object_id)] = 0.0
+        return values
+
+    # -- propagation -----------------------------------------------------------------------
 
     def run(self) -> np.ndarray:
         """Propagate everything that is out of date; returns the labels (D, H, W) uint8."""
@@ -209,69 +342,35 @@ class PropagationSession:
         return self.labels
 
     def propagate(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Generator of ``(z, labels (H, W) uint8)`` for every out-of-date non-key slice, as
-        it finishes (each exactly once per call); updates :attr:`labels` as it goes."""
-        if not self.key_masks:
+        """Generator of ``(z, labels (H, W) uint8)`` for every out-of-date non-key slice as it
+        finishes (once per track that had it out of date: with whole-slice keys only there is
+        one track and every slice comes once); updates :attr:`labels` as it goes."""
+        if not self.key_masks and not any(self.organ_keys.values()):
             raise InputError(None, "no key slice to propagate from",
                              "call session.add_mask(z, labels) at least once")
-        keys = self.key_slices
-        bounds = [None, *keys, None]
-        for left, right in zip(bounds[:-1], bounds[1:], strict=True):
-            low = 0 if left is None else left + 1
-            high = self.depth if right is None else right
-            if low < high and not self.up_to_date[low:high].all():
-                yield from self._segment(left, right, low, high)
+        if not self.tracks:
+            for z in np.flatnonzero(~self.up_to_date).tolist():
+                self.labels[z] = 0
+                self._swept[z] = True
+                yield z, self.labels[z].copy()
+            return
+        shape = (self.height, self.width)
+        for track in list(self.tracks):
+            for left, right, low, high in list(track.segments()):
+                for z, result in track.run_segment(left, right, low, high, self._disagreement):
+                    result.store(self.outputs, self._stored_objects(track, result), z)
+                    self.labels[z] = self.outputs.merge(z, shape)
+                    track.up_to_date[z] = True
+                    yield z, self.labels[z].copy()
 
-    def _counted(self, passes: Iterator[tuple[int, PassOutput]]
-                 ) -> Iterator[tuple[int, PassOutput]]:
-        for z, output in passes:
-            self.stats.decoded_slices += 1
-            yield z, output
-
-    def _segment(self, left: int | None, right: int | None, low: int,
-                 high: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Segment the slices low..high-1 between keys ``left`` and ``right`` (None: no key)."""
-        engine = self.engine
-        if not self.object_ids:
-            finished: Iterator[tuple[int, np.ndarray | None]] = (
-                (z, None) for z in range(low, high))
-        elif left is None or right is None:
-            forward = right is None
-            finished = self._one_direction(self._counted(engine.run_pass(
-                left if forward else right, None, range(low, high)[::1 if forward else -1])))
-        else:
-            stored = {z: _to_cpu_half(out) for z, out in self._counted(
-                engine.run_pass(left, right, range(low, high)))}
-            finished = ((z, self._fuse(z, _from_cpu_half(stored.pop(z), out), out, left, right))
-                        for z, out in self._counted(engine.run_pass(
-                            right, left, range(high - 1, low - 1, -1))))
-        lut = engine.label_lut(self.object_ids)
-        for z, channels in finished:
-            self.labels[z] = 0 if channels is None else lut[channels]
-            if channels is None:
-                self.slice_uncertainty[z] = 0.0
-            self.up_to_date[z] = True
-            yield z, self.labels[z].copy()
-
-    def _one_direction(self, passes: Iterator[tuple[int, PassOutput]]
-                       ) -> Iterator[tuple[int, np.ndarray]]:
-        for z, output in passes:
-            channels = score_channels(output.scores)
-            self.slice_uncertainty[z] = float(self.engine.one_direction_uncertainty(output,
-                                                                                    channels))
-            yield z, channels
-
-    def _fuse(self, z: int, fwd: PassOutput, bwd: PassOutput, left: int,
-              right: int) -> np.ndarray:
-        """:func:`fuse_directions` -> the argmax channels (H, W), recording how much the two
-        directions disagree on ``z`` (:attr:`slice_uncertainty`, and the pixel map when
-        ``keep_disagreement_map``)."""
-        channels_fwd, channels_bwd = score_channels(fwd.scores), score_channels(bwd.scores)
-        self.slice_uncertainty[z] = channel_disagreement(channels_fwd, channels_bwd)
-        if self._disagreement is not None:
-            self._disagreement[z] = channels_fwd != channels_bwd
-        return score_channels(fuse_directions(fwd.scores, bwd.scores, z, left, right,
-                                              fwd.confidence, bwd.confidence))
+    def _stored_objects(self, track: Track, result: SegmentResult) -> set[int]:
+        """The track's objects, and labels its engine made that are no object of the session
+        (a joint network may label any class), new or to be cleared."""
+        objects = set(track.objects)
+        if len(self.tracks) == 1:
+            objects.update(int(v) for v in np.flatnonzero(result.pixels) if v)
+            objects.update(o for o in self.outputs.crops if o not in track.objects)
+        return objects
 
     def direction_disagreement_map(self) -> np.ndarray:
         """uint8 (D, H, W): 255 where the forward and backward passes disagreed (slices
@@ -280,17 +379,3 @@ class PropagationSession:
             raise ValueError("the session keeps no disagreement map; build the propagator "
                              "with keep_disagreement_map=True")
         return self._disagreement.view(np.uint8) * np.uint8(255)
-
-
-def _to_cpu_half(output: PassOutput) -> PassOutput:
-    scores = output.scores
-    if isinstance(scores, torch.Tensor):
-        scores = scores.to("cpu", torch.float16)
-    return PassOutput(scores, output.confidence)
-
-
-def _from_cpu_half(stored: PassOutput, like: PassOutput) -> PassOutput:
-    scores = stored.scores
-    if isinstance(scores, torch.Tensor):
-        scores = scores.to(like.scores)
-    return PassOutput(scores, stored.confidence)

@@ -191,6 +191,8 @@ def create_app(labeler: Labeler, token: str, max_body: int = MAX_BODY) -> Starle
         Route("/api/stroke", api(lambda r, b: labeler.stroke(b), body=True), methods=["POST"]),
         Route("/api/fill", api(lambda r, b: labeler.fill(b), body=True), methods=["POST"]),
         Route("/api/accept", api(lambda r, b: labeler.accept(b), body=True), methods=["POST"]),
+        Route("/api/organ_end", api(lambda r, b: labeler.organ_end(b), body=True),
+              methods=["POST"]),
         Route("/api/undo", api(action(labeler.undo), body=True), methods=["POST"]),
         Route("/api/propagate", api(action(labeler.start_propagation), body=True),
               methods=["POST"]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -23,7 +23,8 @@ import numpy as np
 
 from slicevos.errors import InputError
 from slicevos.inference.reporting.preview import organ_colours
-from slicevos.inference.reporting.report import uncertainty_list, uncertainty_ranking
+from slicevos.inference.reporting.report import uncertainty_list
+from slicevos.inference.suggestions import suggest_slices
 from slicevos.inference.session import PropagationSession
 from slicevos.io.labels import LabelSchema
 from slicevos.io.nifti import save_labels
@@ -33,16 +34,17 @@ from slicevos.labeler.render import DISPLAY_WINDOWS, VIEWS
 from slicevos.labeler.sidecar import Sidecar
 
 UNDO_DEPTH = 200
+FLOW_CACHE_MB = 1024  # flows kept for re-propagation: 512x512x150 needs ~300 MB
 
 
 @dataclass
 class Edit:
-    """What undo restores: slice ``z``'s key mask before the edit (None: it was no key) and
-    its labels then."""
+    """What undo restores: slice ``z``'s keys before the edit (its whole-slice labels or
+    None, and its per-organ masks; see ``PropagationSession.keys_of_slice``)."""
 
     z: int
-    key_before: np.ndarray | None
-    labels_before: np.ndarray
+    whole_before: np.ndarray | None
+    organs_before: dict[int, np.ndarray]
 
 
 def hu_int16(hu: np.ndarray) -> np.ndarray:
@@ -58,13 +60,15 @@ class Labeler:
     def __init__(self, hu: np.ndarray, geometry: Geometry, image: np.ndarray, propagator: Any,
                  schema: LabelSchema, output: Path, sidecar: Sidecar,
                  start_keys: Mapping[int, np.ndarray], keys: Mapping[int, np.ndarray],
-                 resumed: bool, scan_name: str) -> None:
+                 resumed: bool, scan_name: str,
+                 organ_keys: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> None:
         self.hu, self.geometry, self.image = hu, geometry, image
         self.propagator, self.schema = propagator, schema
         self.output, self.sidecar = Path(output), sidecar
         self.start_keys = dict(start_keys)
         self.scan_name = scan_name
-        self.resumed = len(keys) if resumed else 0
+        organ_keys = organ_keys or {}
+        self.resumed = (len(keys) + sum(map(len, organ_keys.values()))) if resumed else 0
         self.depth = int(hu.shape[0])
         self.lock = threading.RLock()
         self.revisions = np.zeros(self.depth, np.int64)
@@ -74,7 +78,7 @@ class Labeler:
         self.last_save: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
-        self.session = self._new_session(keys)
+        self.session = self._new_session(keys, organ_keys)
         for z, labels in keys.items():
             if not resumed:
                 self.sidecar.write_key(z, labels)
@@ -82,12 +86,21 @@ class Labeler:
 
     # -- session -------------------------------------------------------------------------
 
-    def _new_session(self, keys: Mapping[int, np.ndarray]) -> PropagationSession:
+    def _new_session(self, keys: Mapping[int, np.ndarray],
+                     organ_keys: Mapping[int, Mapping[int, np.ndarray]] | None = None
+                     ) -> PropagationSession:
         session = self.propagator.start(self.image)
         for z in sorted(keys):
             session.add_mask(int(z), keys[z])
-        self.keys = tuple(session.key_slices)
+        for organ, masks in sorted((organ_keys or {}).items()):
+            for z, mask in sorted(masks.items()):
+                session.add_object_mask(int(z), int(organ), mask)
+        self.keys = tuple(session.any_key_slices)
         return session
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.session.key_masks) or any(self.session.organ_keys.values())
 
     @property
     def running(self) -> bool:
@@ -110,7 +123,7 @@ class Labeler:
             with self.lock:
                 yield
         finally:
-            if was_running and self.session.key_masks:
+            if was_running and self.has_keys:
                 self.start_propagation()
 
     def start_propagation(self) -> dict[str, Any]:
@@ -118,10 +131,10 @@ class Labeler:
         with self.lock:
             if self.running:
                 return self.status()
-            if not self.session.key_masks:
+            if not self.has_keys:
                 raise InputError(None, "no key slice to propagate from",
                                  "draw an organ on at least one axial slice first")
-            todo = int((~self.session.up_to_date).sum())
+            todo = self.session.pending_slices()
             self.progress = {"done": 0, "total": todo, "seconds": None}
             self.error = None
             self._cancel.clear()
@@ -164,7 +177,7 @@ class Labeler:
         height, width = self.hu.shape[1:]
         points = edits.check_points(body["points"], width, height, radius)
         return self._apply(z, lambda labels: edits.paint_stroke(
-            labels, points, radius, label, body["tool"] == "eraser"))
+            labels, points, radius, label, body["tool"] == "eraser"), organ=label)
 
     def fill(self, body: Any) -> dict[str, Any]:
         """Flood-fill the clicked region of an axial slice with an organ."""
@@ -174,7 +187,7 @@ class Labeler:
         height, width = self.hu.shape[1:]
         x = edits.check_int(body["x"], "x", 0, width - 1)
         y = edits.check_int(body["y"], "y", 0, height - 1)
-        return self._apply(z, lambda labels: edits.flood_fill(labels, x, y, label))
+        return self._apply(z, lambda labels: edits.flood_fill(labels, x, y, label), organ=label)
 
     def accept(self, body: Any) -> dict[str, Any]:
         """Make an axial slice a key as it is shown ("this slice is done"), an empty one too:
@@ -183,6 +196,50 @@ class Labeler:
         z = edits.check_int(body["z"], "z", 0, self.depth - 1)
         return self._apply(z, lambda labels: labels.copy())
 
+    def organ_end(self, body: Any) -> dict[str, Any]:
+        """Mark organ ``label`` absent on axial slice ``z`` (the "ends here" of the extent
+        control): an empty key for that organ only, so it stops there and the other organs
+        stay propagated. Two of them, one past each end, give the organ's z-range."""
+        body = edits.check_fields(body, ("z", "label"))
+        z = edits.check_int(body["z"], "z", 0, self.depth - 1)
+        label = self._check_label(body["label"])
+        return self._apply(z, lambda labels: np.where(labels == label, 0, labels).astype(
+            labels.dtype), organ=label)
+
+    def paint_organ(self, z: int, label: int, mask: np.ndarray) -> dict[str, Any]:
+        """Redraw organ ``label`` on axial slice ``z`` as ``mask`` (H, W) bool: what a user
+        who corrects one organ there does (the simulated annotator calls this)."""
+        z = edits.check_int(z, "z", 0, self.depth - 1)
+        label = self._check_label(label)
+        mask = self._check_plane(mask, "organ mask").astype(bool)
+
+        def redraw(labels: np.ndarray) -> np.ndarray:
+            out = labels.copy()
+            out[out == label] = 0
+            out[mask] = label
+            return out
+        return self._apply(z, redraw, organ=label)
+
+    def paint_slice(self, z: int, labels: np.ndarray) -> dict[str, Any]:
+        """Make axial slice ``z`` a key with ``labels`` (H, W) for every organ."""
+        z = edits.check_int(z, "z", 0, self.depth - 1)
+        labels = self._check_plane(labels, "slice labels").astype(np.uint8)
+        return self._apply(z, lambda _: labels.copy())
+
+    def _check_plane(self, plane: np.ndarray, what: str) -> np.ndarray:
+        plane = np.asarray(plane)
+        if plane.shape != self.hu.shape[1:]:
+            raise InputError(None, f"{what} has shape {plane.shape}, expected "
+                             f"{self.hu.shape[1:]}", "pass one axial slice")
+        return plane
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the running propagation (if any) has finished; its status."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.status()
+
     def _check_label(self, value: Any) -> int:
         label = edits.check_int(value, "label", 1, 255)
         if label not in self.schema.ids:
@@ -190,53 +247,42 @@ class Labeler:
                              "pick an organ from the list")
         return label
 
-    def _apply(self, z: int, change) -> dict[str, Any]:
+    def _apply(self, z: int, change: Callable[[np.ndarray], np.ndarray],
+               organ: int | None = None) -> dict[str, Any]:
+        """Apply ``change`` to the labels shown on slice ``z``. With ``organ``, the result for
+        that organ becomes its own key on ``z`` (the other organs there stay propagated);
+        without, the whole slice becomes a key."""
         with self._editing():
-            before = self.session.labels[z].copy()
-            key_before = self.session.key_masks.get(z)
-            after = change(before)
-            if key_before is None or not np.array_equal(after, key_before):
-                self._set_key(z, after)
-                self.undo_stack = [*self.undo_stack[-UNDO_DEPTH + 1:],
-                                   Edit(z, None if key_before is None else key_before.copy(),
-                                        before)]
+            whole, organs = self.session.keys_of_slice(z)
+            after = change(self.session.labels[z].copy())
+            if organ is None:
+                if whole is not None and np.array_equal(after, whole):
+                    return self.status()
+                self.session.add_mask(z, after)
+            else:
+                mask = after == organ
+                current = (whole == organ) if whole is not None else organs.get(organ)
+                if current is not None and np.array_equal(current, mask):
+                    return self.status()
+                self.session.add_object_mask(z, organ, mask)
+            self._keys_changed(z)
+            self.undo_stack = [*self.undo_stack[-UNDO_DEPTH + 1:], Edit(z, whole, organs)]
         return self.status()
 
-    def _set_key(self, z: int, labels: np.ndarray) -> None:
-        self.sidecar.write_key(z, labels)  # on disk before the request returns
-        self.session.add_mask(z, labels)
-        self.keys = tuple(self.session.key_slices)
+    def _keys_changed(self, z: int) -> None:
+        self.sidecar.write_slice_keys(z, *self.session.keys_of_slice(z))  # before returning
+        self.keys = tuple(self.session.any_key_slices)
         self.revisions[z] += 1
 
     def undo(self) -> dict[str, Any]:
-        """Undo the last edit: restore the slice's key mask, or drop a key it created."""
+        """Undo the last edit: restore the keys its slice had before."""
         with self._editing():
             if not self.undo_stack:
                 raise InputError(None, "nothing to undo", "draw something first")
             edit = self.undo_stack.pop()
-            if edit.key_before is not None:
-                self._set_key(edit.z, edit.key_before)
-            else:
-                self.sidecar.remove_key(edit.z)
-                self._drop_key(edit.z, edit.labels_before)
+            self.session.set_keys_of_slice(edit.z, edit.whole_before, edit.organs_before)
+            self._keys_changed(edit.z)
         return self.status()
-
-    def _drop_key(self, z: int, labels_z: np.ndarray) -> None:
-        """A new session without key ``z``; labels and up-to-date slices carry over except the
-        segment that ``z`` split, which becomes out of date."""
-        old = self.session
-        keys = {k: m for k, m in old.key_masks.items() if k != z}
-        self.session = self._new_session(keys)
-        below = [k for k in keys if k < z]
-        above = [k for k in keys if k > z]
-        low, high = (max(below) + 1 if below else 0), (min(above) if above else self.depth)
-        self.session.labels[:] = old.labels
-        self.session.labels[z] = labels_z
-        self.session.up_to_date[:] = old.up_to_date
-        self.session.up_to_date[low:high] = False
-        self.session.slice_uncertainty[:] = old.slice_uncertainty
-        self.session.slice_uncertainty[low:high] = np.nan
-        self.revisions[z] += 1
 
     def discard(self) -> dict[str, Any]:
         """Forget the autosaved keys and every drawing: back to the ``--labels`` keys."""
@@ -245,6 +291,7 @@ class Labeler:
             for z, labels in self.start_keys.items():
                 self.sidecar.write_key(z, labels)
             self.session = self._new_session(self.start_keys)
+            self.keys = tuple(self.session.any_key_slices)
             self.undo_stack = []
             self.resumed = 0
             self.revisions += 1
@@ -289,14 +336,20 @@ class Labeler:
             "views": list(VIEWS), "windows": list(DISPLAY_WINDOWS), "resumed": self.resumed,
         }
 
+    def suggestions(self, label: int | None = None, k: int = 8) -> list[int]:
+        """The slices to check next, best first (the page's "check next" list); ``label``:
+        for that organ (None: any organ)."""
+        return suggest_slices(self.session, label, k)
+
     def status(self) -> dict[str, Any]:
         session = self.session
         uncertainty = session.slice_uncertainty.copy()
         keys = self.keys
-        check = [z for z in uncertainty_ranking(np.where(np.isin(
-            np.arange(self.depth), keys), np.nan, uncertainty), k=8) if uncertainty[z] > 0]
+        check = self.suggestions()
         return {
-            "keys": list(keys), "running": self.running, "progress": dict(self.progress),
+            "keys": list(keys), "whole_keys": session.key_slices, "running": self.running,
+            "organ_keys": {str(o): sorted(m) for o, m in session.organ_keys.items() if m},
+            "check_next_organ": {str(o): self.suggestions(o) for o in session.object_ids}, "progress": dict(self.progress),
             "up_to_date": "".join("1" if v else "0" for v in session.up_to_date.tolist()),
             "uncertainty": uncertainty_list(uncertainty), "check_next": check,
             "revisions": self.revisions.tolist(), "error": self.error,
@@ -311,18 +364,21 @@ def open_labeler(scan: str | PathLike, output: str | PathLike, schema: LabelSche
     resume the autosaved session beside ``output`` if there is one. Raises InputError with
     the project's one-line messages for anything broken."""
     from slicevos.inference.engines import build_propagator
+    from slicevos.inference.engines.flow.engine import FlowConfig
     from slicevos.inference.user_keys import read_key_slices
     from slicevos.io.loader import load_volume
     from slicevos.labeler.sidecar import sidecar_folder
     from slicevos.preprocessing.windowing import window_volume
 
     scan, output = Path(scan), Path(output)
-    propagator = build_propagator(engine, checkpoint)
+    propagator = build_propagator(engine, checkpoint,
+                                  flow=FlowConfig(flow_cache_mb=FLOW_CACHE_MB))
     volume = load_volume(scan)
     start_keys = (read_key_slices(start_labels, volume, schema) if start_labels else {})
     image = window_volume(volume.hu, propagator.windows)
     hu = hu_int16(volume.hu)
     sidecar = Sidecar(sidecar_folder(output), scan.resolve(), volume.geometry, schema.name)
-    saved = sidecar.load()
+    saved, saved_organs = sidecar.load(), sidecar.load_organ_keys()
+    resumed = bool(saved or saved_organs)
     return Labeler(hu, volume.geometry, image, propagator, schema, output, sidecar, start_keys,
-                   saved or start_keys, bool(saved), scan.name)
+                   saved if resumed else start_keys, resumed, scan.name, saved_organs)

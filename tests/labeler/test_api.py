@@ -31,9 +31,11 @@ def test_draw_propagate_save_in_input_geometry(scans, open_client, tmp_path, lay
         draw_truth(client, scan.labels, z)
     status = propagate_and_wait(client)
     assert status["keys"] == [6, 12, 17] and set(status["up_to_date"]) == {"1"}
-    assert status["progress"]["done"] == SHAPE[0] - 3
-    # uncertainty: 0 on keys, a number elsewhere, and the check-next list avoids keys
-    assert status["uncertainty"][6] == 0.0 and None not in status["uncertainty"]
+    # each organ drawn is a key for that organ only: one pass per organ over its non-keys
+    assert status["progress"]["done"] == status["progress"]["total"] >= SHAPE[0] - 3
+    assert status["whole_keys"] == [] and status["organ_keys"]["1"] == [6, 12, 17]
+    # uncertainty: a number on every slice, and the check-next list avoids keys
+    assert None not in status["uncertainty"]
     assert not set(status["check_next"]) & {6, 17}
     saved = client.post("/api/save", json={}).json()
     assert saved["path"] == str(out.resolve()) and saved["pending_slices"] == 0
@@ -58,20 +60,24 @@ def test_correction_repropagates_only_its_two_segments(scans, open_client):
     labeler, client = open_client(scan.ct)
     for z in (4, 12, 20):
         draw_truth(client, scan.labels, z)
+        client.post("/api/accept", json={"z": z}).raise_for_status()  # whole-slice keys
     propagate_and_wait(client)
     labels_before = labeler.session.labels.copy()
     revisions_before = np.array(client.get("/api/status").json()["revisions"])
 
-    # correct slice 8 (inside the 4..12 segment): it becomes a key
+    # correct organ 1 on slice 8 (inside the 4..12 segment): 8 becomes a key of organ 1
     ys, xs = np.nonzero(scan.labels[8] == 1)
     client.post("/api/stroke", json={"z": 8, "label": 1, "tool": "brush", "radius": 1,
                                      "points": [[int(xs[0]), int(ys[0])]]}).raise_for_status()
     status = propagate_and_wait(client)
-    assert status["keys"] == [4, 8, 12, 20]
+    assert status["keys"] == [4, 8, 12, 20] and status["organ_keys"] == {"1": [8]}
     changed = np.flatnonzero(np.array(status["revisions"]) != revisions_before).tolist()
     assert changed == [5, 6, 7, 8, 9, 10, 11]  # the segments 4..8 and 8..12 only
     untouched = np.r_[0:5, 12:SHAPE[0]]
     np.testing.assert_array_equal(labeler.session.labels[untouched], labels_before[untouched])
+    # the other organs on slice 8 stay propagated: only organ 1 was redrawn there
+    others = ~np.isin(labels_before[8], [0, 1]) & (labeler.session.labels[8] != 1)
+    np.testing.assert_array_equal(labeler.session.labels[8][others], labels_before[8][others])
 
 
 def test_undo_restores_or_drops_the_key(scans, open_client):
@@ -79,14 +85,15 @@ def test_undo_restores_or_drops_the_key(scans, open_client):
     labeler, client = open_client(scan.ct)
     stroke = {"z": 10, "label": 1, "tool": "brush", "radius": 3, "points": [[20, 30], [26, 30]]}
     client.post("/api/stroke", json=stroke).raise_for_status()
-    first = labeler.session.key_masks[10].copy()
+    first = labeler.session.organ_keys[1][10].copy()
+    assert labeler.sidecar.load_organ_keys()[1][10].sum() == first.sum()  # autosaved
     erase = {**stroke, "tool": "eraser", "radius": 1, "points": [[23, 30]]}
     status = client.post("/api/stroke", json=erase).json()
-    assert status["undo"] == 2 and (labeler.session.key_masks[10] == 1).sum() < (first == 1).sum()
+    assert status["undo"] == 2 and labeler.session.organ_keys[1][10].sum() < first.sum()
     client.post("/api/undo", json={}).raise_for_status()
-    np.testing.assert_array_equal(labeler.session.key_masks[10], first)
+    np.testing.assert_array_equal(labeler.session.organ_keys[1][10], first)
     status = client.post("/api/undo", json={}).json()
-    assert status["keys"] == [] and not labeler.sidecar._key_files()
+    assert status["keys"] == [] and not labeler.sidecar.load_organ_keys()
     assert client.post("/api/undo", json={}).status_code == 400
 
 
@@ -96,7 +103,7 @@ def test_fill_paints_the_clicked_region(scans, open_client):
     client.post("/api/stroke", json={"z": 3, "label": 5, "tool": "brush", "radius": 0,
                                      "points": ring}).raise_for_status()
     client.post("/api/fill", json={"z": 3, "label": 5, "x": 30, "y": 30}).raise_for_status()
-    mask = labeler.session.key_masks[3]
+    mask = labeler.session.organ_keys[5][3] * 5
     assert mask[30, 30] == 5 and mask[21:40, 21:40].min() == 5 and mask[10, 10] == 0
 
 

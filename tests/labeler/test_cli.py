@@ -58,8 +58,8 @@ def test_sigkill_then_restart_resumes_every_key(scans, tmp_path):
     assert "resumed 4 key slice(s)" in printed
     state = (tmp_path / "labels.label-session" / "state.json").read_text()
     assert '"closed"' in state
-    assert sorted(p.name for p in (tmp_path / "labels.label-session").glob("key_*.png")) == [
-        "key_00005.png"]
+    assert sorted(p.name for p in (tmp_path / "labels.label-session").glob("*.png")) == [
+        "organ_001_00005.png"]  # a stroke keys its organ only
     assert not out.exists()  # nothing saved without Save
 
 

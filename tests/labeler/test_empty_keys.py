@@ -51,9 +51,11 @@ def test_empty_key_round_trips_label_save_cli(scans, open_client, tmp_path):
     # slicevos-label reopened on the saved file starts from the same keys
     again, _ = open_client(scan.ct, tmp_path / "again" / "labels.nii.gz", start_labels=saved)
     assert again.keys == (*DRAWN, EMPTY)
-    # accepting a slice that is already a key as shown changes nothing (no undo step)
-    before = client.get("/api/status").json()["undo"]
-    assert client.post("/api/accept", json={"z": DRAWN[0]}).json()["undo"] == before
+    # accepting a drawn slice makes it a whole-slice key (one undo step); accepting it again
+    # as shown changes nothing (no undo step)
+    before = client.post("/api/accept", json={"z": DRAWN[0]}).json()
+    assert before["whole_keys"] == [DRAWN[0], EMPTY]
+    assert client.post("/api/accept", json={"z": DRAWN[0]}).json()["undo"] == before["undo"]
 
 
 def test_empty_slices_option_adds_empty_keys_and_refuses_drawn_ones(scans, tmp_path, capsys):

@@ -69,8 +69,8 @@ class FusedPasses(NetworkAndFlowPasses):
         self.network = stcn.stcn if isinstance(stcn, GuidedPasses) else stcn
         self.joint = self.network.net.joint
 
-    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
-        return self.stcn.one_direction_uncertainty(output, channels)
+    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+        return self.stcn.pixel_doubt(output)
 
 
     def run_pass(self, start: int, other: int | None,

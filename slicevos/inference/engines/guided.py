@@ -53,8 +53,8 @@ class GuidedPasses(NetworkAndFlowPasses):
         self.joint_classes = net.num_classes if net.joint else None
         self.floor = -flow.config.clip
 
-    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
-        return self.flow.one_direction_uncertainty(output, channels)
+    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+        return self.flow.pixel_doubt(output)
 
     def run_pass_with_flow(self, start: int, other: int | None, slices: range
                            ) -> Iterator[tuple[int, PassOutput, PassOutput]]:

@@ -61,6 +61,7 @@ from slicevos.inference.engines.flow.field import (
 )
 from slicevos.inference.engines.flow.shapes import ObjectShape, intensity_models, key_shapes
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
+from slicevos.inference.tracks import TrackView
 from slicevos.preprocessing.windowing import Window, resolve_windows
 
 END_RULES = ("none", "intensity")
@@ -83,6 +84,7 @@ class FlowConfig:
     end_support: float = 0.3
     absent_depth: float | None = 0.3
     outside_depth: float | None = 0.3
+    flow_cache_mb: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -96,6 +98,7 @@ class FlowConfig:
                              "null or a number > 0"),
             "outside_depth": (self.outside_depth is None or self.outside_depth > 0,
                               "null or a number > 0"),
+            "flow_cache_mb": (self.flow_cache_mb >= 0, "a number of MB >= 0"),
         }
         check_fields(self, "flow", checks)
 
@@ -133,21 +136,24 @@ class FlowPropagator:
         return PropagationSession(self.check_image(image), self.engine,
                                   self.keep_disagreement_map)
 
-    def engine(self, session: PropagationSession) -> FlowPasses:
+    def engine(self, session: TrackView) -> FlowPasses:
         return FlowPasses(self.config, session)
 
 
 class FlowPasses(PassEngine):
     """Flow passes of one session: flows, key shapes and intensity models (cached)."""
 
-    def __init__(self, config: FlowConfig, session: PropagationSession) -> None:
+    def __init__(self, config: FlowConfig, session: TrackView) -> None:
         self.config = config
         self.session = session
         settings = config.flow
-        self.stack = flow_image(session.image, settings.channel, settings.smooth_sigma)
+        self.stack = session.shared_value(("flow stack", settings.channel,
+                                           settings.smooth_sigma), lambda: flow_image(
+            session.image, settings.channel, settings.smooth_sigma))
         self.grey = (self.stack if settings.channel == 0 and settings.smooth_sigma == 0
-                     else session.image[:, 0].numpy())
-        self.flows = FlowFields(self.stack, settings)
+                     else session.shared_value("grey", lambda: session.image[:, 0].numpy()))
+        self.flows = session.shared_value(("flows", settings), lambda: FlowFields(
+            self.stack, settings, cache_mb=config.flow_cache_mb))
         self.grid = identity_map(session.height, session.width)
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[int, np.ndarray] | None = None
@@ -163,8 +169,8 @@ class FlowPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
 
-    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
-        return _mean_doubt(channels > 0, output.confidence)
+    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+        return None if output.confidence is None else 1.0 - output.confidence
 
 
     def shapes(self, z: int) -> dict[int, ObjectShape]:
@@ -186,6 +192,8 @@ class FlowPasses(PassEngine):
         cfg = self.config
         order = list(slices)
         step = 1 if not order or order[0] > start else -1
+        caps = (self._second_opinion_ends(start, step)
+                if other is None and cfg.end_rule != "none" else {})
         self.flows.prefetch((z, z - step) for z in order)
         channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
         shapes = self.shapes(start)
@@ -209,15 +217,50 @@ class FlowPasses(PassEngine):
             for object_id, shape in shapes.items():
                 if object_id in ended:
                     continue
+                if object_id in caps and (z - caps[object_id]) * step >= 0:
+                    ended.add(object_id)
+                    continue
                 region, warped = self._warp(shape, mapping)
-                if other is None and cfg.end_rule != "none" and self._support(
-                        object_id, z, region, warped) < cfg.end_support * self._key_support(
-                        start, object_id, shape):
+                if other is None and cfg.end_rule != "none" and self._ends(
+                        start, object_id, shape, z, region, warped):
                     ended.add(object_id)
                     continue
                 fill[channel[object_id]] = shape.floor
                 scores.boxes[channel[object_id]] = region, warped
             yield z, PassOutput(scores, self._confidence(start, z, mapping))
+
+    def _ends(self, key: int, object_id: int, shape: ObjectShape, z: int,
+              region: tuple[slice, slice], warped: np.ndarray) -> bool:
+        """The intensity end rule: the object, warped from ``key`` onto ``z``, has ended."""
+        return self._support(object_id, z, region, warped) < (
+            self.config.end_support * self._key_support(key, object_id, shape))
+
+    def _second_opinion_ends(self, start: int, step: int) -> dict[int, int]:
+        """Where the objects end seen from the key before ``start`` (the next key inward),
+        for the objects whose end from there lies beyond ``start``: object -> that slice.
+        A pass beyond the outermost key ends each object no later than this, so a key near
+        an organ's end that looks like what follows (the IVC entering the right atrium)
+        cannot carry the organ further than the keys before it saw it go."""
+        inner = [k for k in self.session.key_masks if (k - start) * step < 0]
+        if not inner:
+            return {}
+        key = min(inner, key=lambda k: abs(k - start))
+        shapes = self.shapes(key)
+        stop = self.session.depth if step > 0 else -1
+        order = range(key + step, stop, step)
+        self.flows.prefetch((z, z - step) for z in order)
+        ends: dict[int, int] = {}
+        mapping, previous = self.grid, key
+        for z in order:
+            mapping = compose(mapping, self.flows.flow(z, previous), self.grid)
+            previous = z
+            for object_id, shape in shapes.items():
+                if object_id not in ends and self._ends(key, object_id, shape, z,
+                                                        *self._warp(shape, mapping)):
+                    ends[object_id] = z
+            if len(ends) == len(shapes):
+                break
+        return {o: z for o, z in ends.items() if (z - start) * step > 0}
 
     def _scales(self, channel: dict[int, int]) -> np.ndarray:
         """(O + 1,) each object's size for the argmax: its largest radius over the keys,
@@ -282,10 +325,3 @@ class FlowPasses(PassEngine):
         if cfg.residual_sigma > 0:
             residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma)
         return np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
-
-
-def _mean_doubt(foreground: np.ndarray, confidence: np.ndarray | None) -> float:
-    """1 - the mean confidence over the ``foreground`` pixels (0 if none, or no confidence)."""
-    if confidence is None or not foreground.any():
-        return 0.0
-    return float(1.0 - confidence[foreground].mean())

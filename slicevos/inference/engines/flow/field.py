@@ -7,13 +7,16 @@ chain as it does when the previous slice's warped mask is warped again.
 Flows are computed on one uint8 channel of the windowed image (``FlowSettings.channel``), at
 ``1 / downscale`` resolution when asked, and computed ahead of a pass on ``threads`` worker
 threads (OpenCV releases the GIL).
-Flows are not kept: each is used once per pass, so memory stays at a window of pending
-flows (2 x 4 bytes per pixel each).
+Flows are not kept by default: each is used once per pass, so memory stays at a window of
+pending flows (2 x 4 bytes per pixel each). An interactive session, which re-propagates the
+same segments after each correction, keeps up to ``cache_mb`` of them (float16, 4 bytes per
+pixel; least recently used dropped first).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -61,8 +64,11 @@ class FlowFields:
     (at most ``window`` pending at a time) and handed out once: a pass uses each flow once,
     and re-propagating a segment after a correction costs only that segment's flows."""
 
-    def __init__(self, stack: np.ndarray, settings: FlowSettings, window: int = 16) -> None:
+    def __init__(self, stack: np.ndarray, settings: FlowSettings, window: int = 16,
+                 cache_mb: float = 0.0) -> None:
         self.stack = stack
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._kept: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self.settings = settings
         self.window = window
         self.depth, self.height, self.width = stack.shape
@@ -73,7 +79,8 @@ class FlowFields:
     def prefetch(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Queue the flows of ``pairs`` (in the order they will be asked for); flows queued
         for an earlier pass that were never asked for are dropped."""
-        self._queue = [pair for pair in pairs if abs(pair[0] - pair[1]) == 1]
+        self._queue = [pair for pair in pairs if abs(pair[0] - pair[1]) == 1
+                       and pair not in self._kept]
         wanted = set(self._queue)
         for pair in [p for p in self._pending if p not in wanted]:
             self._pending.pop(pair).cancel()
@@ -83,9 +90,18 @@ class FlowFields:
         """Flow (H, W, 2) float32 from slice ``a`` to its neighbour ``b`` (full size)."""
         if abs(a - b) != 1:
             raise ValueError(f"flows are between adjacent slices, got {a} -> {b}")
+        kept = self._kept.get((a, b))
+        if kept is not None:
+            self._kept.move_to_end((a, b))
+            return kept.astype(np.float32)
         pending = self._pending.pop((a, b), None)
         self._fill()
-        return pending.result() if pending else self._compute(a, b)
+        flow = pending.result() if pending else self._compute(a, b)
+        if self.cache_bytes:
+            self._kept[a, b] = flow.astype(np.float16)
+            while len(self._kept) * flow.size * 2 > self.cache_bytes:
+                self._kept.popitem(last=False)
+        return flow
 
     def _fill(self) -> None:
         if self.settings.threads < 2:

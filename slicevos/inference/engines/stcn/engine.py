@@ -38,7 +38,6 @@ from slicevos.inference.checkpoints import load_with_windows
 from slicevos.inference.engines.stcn.memory_bank import FeatureCache, MemoryBank
 from slicevos.inference.engines.stcn.object_modes import object_mode
 from slicevos.inference.engines.stcn.slice_scale import SliceScaler, upsample_factor
-from slicevos.inference.reporting.uncertainty import low_confidence
 from slicevos.inference.session import (
     PassEngine,
     PassOutput,
@@ -149,8 +148,8 @@ class StcnPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.mode.label_lut(object_ids)
 
-    def one_direction_uncertainty(self, output: PassOutput, channels: np.ndarray) -> float:
-        return float(low_confidence(output.scores[None])[0])
+    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+        return (1.0 - output.scores.max(0).values).float().cpu().numpy()
 
     @torch.inference_mode()
     def run_pass(self, start: int, other: int | None, slices: range,

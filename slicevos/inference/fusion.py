@@ -1,0 +1,88 @@
+"""Fusing the two directions of a propagation session, and the per-slice output of a pass:
+what the session and its tracks (``slicevos.inference.tracks``) share. The fusion rule is
+described in ``slicevos.inference.session``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from slicevos.inference.box_scores import BoxScores
+
+Scores = torch.Tensor | BoxScores
+
+
+def fusion_weight(z: int, z_left: int, z_right: int, conf_fwd: np.ndarray | None = None,
+                  conf_bwd: np.ndarray | None = None) -> float | np.ndarray:
+    """Weight of the forward pass (from key ``z_left``) on slice ``z_left < z < z_right``:
+    ``w_l = (z_right - z) / (z_right - z_left)`` (the nearer key weighs more); with per-pixel
+    confidences (H, W) in (0, 1] of both passes, ``w_l c_l / (w_l c_l + w_r c_r)``."""
+    if not z_left < z < z_right:
+        raise ValueError(f"fuse_directions needs z_left < z < z_right, got {z_left}, {z}, "
+                         f"{z_right}")
+    weight_left = (z_right - z) / (z_right - z_left)
+    if conf_fwd is None or conf_bwd is None:
+        return weight_left
+    left = weight_left * np.maximum(conf_fwd, 1e-3)
+    right = (1.0 - weight_left) * np.maximum(conf_bwd, 1e-3)
+    return (left / (left + right)).astype(np.float32)
+
+
+def fuse_directions(prob_fwd: Scores, prob_bwd: Scores, z: int, z_left: int, z_right: int,
+                    conf_fwd: np.ndarray | None = None,
+                    conf_bwd: np.ndarray | None = None) -> Scores:
+    """Weighted mean (:func:`fusion_weight`) of the forward and backward passes' scores
+    ((L, H, W) tensors or :class:`BoxScores`) of slice ``z``."""
+    weight = fusion_weight(z, z_left, z_right, conf_fwd, conf_bwd)
+    if isinstance(prob_fwd, BoxScores):
+        return prob_fwd.blend(prob_bwd, weight)
+    if isinstance(weight, np.ndarray):
+        weight = torch.from_numpy(weight).to(prob_fwd)
+    return torch.lerp(prob_bwd, prob_fwd, weight)
+
+
+def score_channels(scores: Scores) -> np.ndarray:
+    """(H, W) int64: the argmax channel of the scores (ties: the lower channel)."""
+    return score_top(scores)[0]
+
+
+def score_top(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) int64 argmax channel and (H, W) float32 winning score (for BoxScores the
+    size-relative one, 0 on background)."""
+    if isinstance(scores, BoxScores):
+        return scores.top()
+    top = scores.max(0)
+    return top.indices.cpu().numpy(), top.values.float().cpu().numpy()
+
+
+def channel_disagreement(channels_a: np.ndarray, channels_b: np.ndarray) -> float:
+    """Fraction of the pixels that either map (H, W) calls foreground (> 0) on which the two
+    differ; 0 where both are all background."""
+    foreground = (channels_a > 0) | (channels_b > 0)
+    count = int(foreground.sum())
+    return float(((channels_a != channels_b) & foreground).sum()) / count if count else 0.0
+
+
+@dataclass
+class PassOutput:
+    """One slice of one pass: ``scores`` ((L, H, W) float32 tensor, or :class:`BoxScores`)
+    and, where the engine has one, a per-pixel ``confidence`` (H, W) float32 in (0, 1]."""
+
+    scores: Scores
+    confidence: np.ndarray | None = None
+
+
+def to_cpu_half(output: PassOutput) -> PassOutput:
+    scores = output.scores
+    if isinstance(scores, torch.Tensor):
+        scores = scores.to("cpu", torch.float16)
+    return PassOutput(scores, output.confidence)
+
+
+def from_cpu_half(stored: PassOutput, like: PassOutput) -> PassOutput:
+    scores = stored.scores
+    if isinstance(scores, torch.Tensor):
+        scores = scores.to(like.scores)
+    return PassOutput(scores, stored.confidence)

@@ -1,0 +1,280 @@
+"""Tracks of a propagation session: objects that share one set of key slices, propagated by
+one engine, and what each object's propagation left on each slice.
+
+A *track* is a set of objects with one key set (the session's whole-slice keys plus the
+per-organ keys its objects share). Its engine sees a :class:`TrackView`: the session as if
+those were the only objects and keys (key masks restricted to the track's objects). A track
+runs the session's two-direction passes over the segments between its keys and hands each
+finished slice to :class:`ObjectOutputs` as per-object crops: where the object won the
+track's argmax, with the winning score (its *strength*). The session merges the crops of
+every object into the labels: on each pixel the strongest claim wins, and a key's own pixels
+always do (:data:`KEY_STRENGTH`). With one track (whole-slice keys only) that is exactly the
+track's argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from slicevos.inference.fusion import (
+    PassOutput,
+    from_cpu_half,
+    fuse_directions,
+    score_top,
+    to_cpu_half,
+)
+
+if TYPE_CHECKING:
+    from slicevos.inference.session import PassEngine, PropagationSession
+
+KEY_STRENGTH = 1e4  # a key's pixels beat any propagated score
+Box = tuple[slice, slice]
+
+
+class TrackView:
+    """What a track's engine sees of the session: ``image``, ``depth``, ``height``,
+    ``width``, ``stats``, ``key_masks`` (the track's keys, restricted to its objects) and
+    ``object_ids`` (its objects present on any of those keys). ``shared``: a cache common to
+    every track of the session (flows, features), see :meth:`shared_value`."""
+
+    def __init__(self, session: PropagationSession, objects: frozenset[int]) -> None:
+        self.session = session
+        self.objects = objects
+        self.image = session.image
+        self.depth, self.height, self.width = session.depth, session.height, session.width
+        self.stats = session.stats
+        self.key_masks: dict[int, np.ndarray] = {}
+        self.object_ids: list[int] = []
+
+    def shared_value(self, key: Any, factory: Callable[[], Any]) -> Any:
+        """The session-wide value under ``key``, made by ``factory`` the first time."""
+        shared = self.session.shared
+        if key not in shared:
+            shared[key] = factory()
+        return shared[key]
+
+    def refresh(self) -> None:
+        """Re-read this track's key masks and objects from the session."""
+        self.key_masks = {z: self.session.track_key_mask(z, self.objects)
+                          for z in self.session.object_key_slices(next(iter(self.objects)))}
+        present: set[int] = set()
+        for labels in self.key_masks.values():
+            present.update(int(v) for v in np.unique(labels) if v)
+        self.object_ids = sorted(present & self.objects)
+
+
+class ObjectOutputs:
+    """Per object and slice: the crop where it won (box, strength float16) and its doubt
+    (sum of per-pixel doubt, pixel count) for the per-organ uncertainty."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.crops: dict[int, dict[int, tuple[Box, np.ndarray]]] = {}
+        self.doubt: dict[int, np.ndarray] = {}
+        self.pixels: dict[int, np.ndarray] = {}
+        self.won: dict[int, np.ndarray] = {}
+
+    def ensure(self, object_id: int) -> None:
+        if object_id not in self.crops:
+            self.crops[object_id] = {}
+            self.doubt[object_id] = np.full(self.depth, np.nan, np.float32)
+            self.pixels[object_id] = np.zeros(self.depth, np.int64)
+            self.won[object_id] = np.zeros(self.depth, np.int64)
+
+    def drop(self, object_id: int) -> None:
+        for table in (self.crops, self.doubt, self.pixels, self.won):
+            table.pop(object_id, None)
+
+    def put(self, object_id: int, z: int, mask: np.ndarray, strength: np.ndarray | float,
+            doubt: float = 0.0, pixels: int | None = None) -> None:
+        """Object ``object_id`` won ``mask`` (H, W) bool of slice ``z`` with ``strength``
+        ((H, W) or a number); ``doubt`` out of ``pixels`` (default: the mask's size) is what
+        its per-slice uncertainty reads."""
+        self.ensure(object_id)
+        count = int(np.count_nonzero(mask))
+        self.won[object_id][z] = count
+        self.pixels[object_id][z] = count if pixels is None else pixels
+        self.doubt[object_id][z] = doubt
+        if not count:
+            self.crops[object_id].pop(z, None)
+            return
+        x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+        box = (slice(y, y + h), slice(x, x + w))
+        values = (np.where(mask[box], strength[box], 0) if isinstance(strength, np.ndarray)
+                  else np.where(mask[box], strength, 0))
+        self.crops[object_id][z] = box, values.astype(np.float32 if not isinstance(
+            strength, np.ndarray) else np.float16)
+
+    def area(self, object_id: int) -> np.ndarray:
+        """(D,) int64: pixels the object won on each slice of its track (keys: the key's;
+        before the merge with other tracks)."""
+        return self.won[object_id] if object_id in self.won else np.zeros(self.depth, np.int64)
+
+    def merge(self, z: int, shape: tuple[int, int]) -> np.ndarray:
+        """(H, W) uint8 labels of slice ``z``: per pixel the strongest object (ties: the lower
+        id), background where none claims it."""
+        best = np.zeros(shape, np.float32)
+        labels = np.zeros(shape, np.uint8)
+        for object_id in sorted(self.crops):
+            crop = self.crops[object_id].get(z)
+            if crop is None:
+                continue
+            box, values = crop
+            wins = values > best[box]
+            best[box][wins] = values[wins]
+            labels[box][wins] = object_id
+        return labels
+
+    def uncertainty(self, objects: Iterable[int]) -> np.ndarray:
+        """(D,) float32: summed doubt over summed pixels of ``objects``; NaN where any of them
+        is not done, 0 where none has pixels."""
+        objects = [o for o in objects if o in self.doubt]
+        if not objects:
+            return np.zeros(self.depth, np.float32)
+        doubt = np.sum([self.doubt[o] for o in objects], axis=0)
+        pixels = np.sum([self.pixels[o] for o in objects], axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(pixels > 0, doubt / np.maximum(pixels, 1), np.where(
+                np.isnan(doubt), np.nan, 0.0)).astype(np.float32)
+
+
+class SegmentResult:
+    """One finished slice of a track: label values (H, W) uint8, winning strength (H, W)
+    float32, and per label value the doubt and the pixels it is out of."""
+
+    def __init__(self, labels: np.ndarray, strength: np.ndarray | float,
+                 doubt: np.ndarray, pixels: np.ndarray) -> None:
+        self.labels, self.strength, self.doubt, self.pixels = labels, strength, doubt, pixels
+
+    @classmethod
+    def from_channels(cls, lut: np.ndarray, channels: np.ndarray, strength: np.ndarray,
+                      doubt_map: np.ndarray | None = None,
+                      pair: tuple[np.ndarray, np.ndarray] | None = None) -> SegmentResult:
+        """``pair``: the two directions' channels (doubt: the pixels either calls the object
+        on which they differ, out of the pixels either calls it); else ``doubt_map`` (H, W)
+        summed over the object's pixels."""
+        length = len(lut)
+        if pair is not None:
+            forward, backward = (c.ravel() for c in pair)
+            differ = forward != backward
+            pixels = (np.bincount(forward, minlength=length) + np.bincount(
+                backward, minlength=length) - np.bincount(forward[~differ], minlength=length))
+            doubt = (np.bincount(forward[differ], minlength=length)
+                     + np.bincount(backward[differ], minlength=length)).astype(np.float64)
+        else:
+            flat = channels.ravel()
+            pixels = np.bincount(flat, minlength=length)
+            doubt = (np.zeros(length) if doubt_map is None else np.bincount(
+                flat, weights=doubt_map.ravel(), minlength=length))
+        by_label_doubt, by_label_pixels = np.zeros(256), np.zeros(256, np.int64)
+        np.add.at(by_label_doubt, lut, doubt[:length])
+        np.add.at(by_label_pixels, lut, pixels[:length])
+        return cls(lut[channels], strength, by_label_doubt, by_label_pixels)
+
+    def store(self, outputs: ObjectOutputs, objects: Iterable[int], z: int) -> None:
+        for object_id in objects:
+            mask = (self.labels == object_id) if self.pixels[object_id] else np.zeros(
+                self.labels.shape, bool)
+            outputs.put(object_id, z, mask, self.strength, float(self.doubt[object_id]),
+                        int(self.pixels[object_id]))
+
+
+class Track:
+    """Objects with one key set, their engine and which of their slices are up to date."""
+
+    def __init__(self, session: PropagationSession, objects: frozenset[int],
+                 engine_factory: Callable[[Any], PassEngine],
+                 up_to_date: np.ndarray | None = None) -> None:
+        self.session = session
+        self.objects = objects
+        self.view = TrackView(session, objects)
+        self.view.refresh()
+        self.engine = engine_factory(self.view)
+        self.up_to_date = (np.zeros(session.depth, bool) if up_to_date is None
+                           else up_to_date.copy())
+
+    @property
+    def key_slices(self) -> list[int]:
+        return sorted(self.view.key_masks)
+
+    def key_changed(self, z: int) -> None:
+        """Key ``z`` of this track was set, replaced or removed: re-read the keys, tell the
+        engine, and mark the slices between ``z``'s neighbouring keys out of date."""
+        before = list(self.view.object_ids)
+        self.view.refresh()
+        self.engine.keys_changed(z, self.view.object_ids != before)
+        keys = self.key_slices
+        below = [k for k in keys if k < z]
+        above = [k for k in keys if k > z]
+        low, high = (max(below) + 1 if below else 0), (min(above) if above else self.depth)
+        self.up_to_date[low:high] = False
+        if z in self.view.key_masks:
+            self.up_to_date[z] = True
+
+    def add_objects(self, objects: frozenset[int]) -> None:
+        """Objects that join this track (they first appear on a whole-slice key); the engine
+        hears of it at the next :meth:`key_changed`."""
+        self.objects = self.view.objects = self.objects | objects
+
+    @property
+    def depth(self) -> int:
+        return self.session.depth
+
+    def pending(self) -> int:
+        return int((~self.up_to_date).sum())
+
+    def segments(self) -> Iterator[tuple[int | None, int | None, int, int]]:
+        """(left key, right key, low, high) of every segment with an out-of-date slice."""
+        keys = self.key_slices
+        bounds = [None, *keys, None]
+        for left, right in zip(bounds[:-1], bounds[1:], strict=True):
+            low = 0 if left is None else left + 1
+            high = self.depth if right is None else right
+            if low < high and not self.up_to_date[low:high].all():
+                yield left, right, low, high
+
+    def run_segment(self, left: int | None, right: int | None, low: int, high: int,
+                    disagreement: np.ndarray | None = None
+                    ) -> Iterator[tuple[int, SegmentResult]]:
+        """Propagate slices ``low..high-1`` between keys ``left`` and ``right`` (None: no key
+        on that side; the session's fusion rule); ``disagreement`` (D, H, W) bool, if given,
+        records where the directions differ."""
+        engine, view = self.engine, self.view
+        shape = (view.height, view.width)
+        if not view.object_ids:
+            empty = np.zeros(shape, np.uint8)
+            for z in range(low, high):
+                yield z, SegmentResult(empty, 0.0, np.zeros(256), np.zeros(256, np.int64))
+            return
+        lut = engine.label_lut(view.object_ids)
+        if left is None or right is None:
+            forward = right is None
+            for z, output in self._counted(engine.run_pass(
+                    left if forward else right, None,
+                    range(low, high)[::1 if forward else -1])):
+                channels, strength = score_top(output.scores)
+                yield z, SegmentResult.from_channels(lut, channels, strength,
+                                                     doubt_map=engine.pixel_doubt(output))
+            return
+        stored = {z: to_cpu_half(output) for z, output in self._counted(
+            engine.run_pass(left, right, range(low, high)))}
+        for z, backward in self._counted(engine.run_pass(right, left,
+                                                         range(high - 1, low - 1, -1))):
+            forward = from_cpu_half(stored.pop(z), backward)
+            pair = score_top(forward.scores)[0], score_top(backward.scores)[0]
+            if disagreement is not None:
+                disagreement[z] = pair[0] != pair[1]
+            channels, strength = score_top(fuse_directions(
+                forward.scores, backward.scores, z, left, right, forward.confidence,
+                backward.confidence))
+            yield z, SegmentResult.from_channels(lut, channels, strength, pair=pair)
+
+    def _counted(self, passes: Iterator[tuple[int, PassOutput]]
+                 ) -> Iterator[tuple[int, PassOutput]]:
+        for z, output in passes:
+            self.view.stats.decoded_slices += 1
+            yield z, output

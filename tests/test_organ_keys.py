@@ -1,0 +1,135 @@
+"""Per-organ keys: a key is (slice, organ). Correcting one organ on a slice leaves the other
+organs there propagated; whole-slice keys vouch for every organ; removing a key and
+restoring a slice's keys (undo) give back the first result; the STCN engine takes them too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slicevos.errors import InputError
+from slicevos.inference.engines.flow.engine import FlowPropagator
+from slicevos.inference.engines.stcn.engine import Propagator
+from slicevos.inference.suggestions import suggest_slices
+from slicevos.phantom import PhantomConfig, make_phantom
+from slicevos.preprocessing.windowing import window_volume
+
+from test_propagation_session import make_net, volume  # tests/ is on sys.path
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(5, PhantomConfig(shape=(32, 64, 64)))
+
+
+def flow_session(phantom):
+    propagator = FlowPropagator()
+    return propagator.start(window_volume(phantom.to_volume().hu, propagator.windows))
+
+
+def middle(labels: np.ndarray, organ: int) -> int:
+    return int(np.median(np.flatnonzero((labels == organ).any(axis=(1, 2)))))
+
+
+def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
+    truth = phantom.labels
+    organs = [int(o) for o in np.unique(truth) if o][:3]
+    session = flow_session(phantom)
+    for organ in organs:
+        session.add_object_mask(middle(truth, organ), organ, truth[middle(truth, organ)] == organ)
+    first = session.run().copy()
+    target, other = organs[0], organs[1]
+    # redraw ``target`` on a slice where ``other`` is propagated (not drawn)
+    z = next(z for z in range(len(truth)) if (first[z] == other).any()
+             and z not in session.object_key_slices(other) and (truth[z] == target).any()
+             and z not in session.object_key_slices(target))
+    session.add_object_mask(z, target, truth[z] == target)
+    assert session.key_slices == [] and z in session.object_key_slices(target)
+    assert z not in session.object_key_slices(other)
+    steps = list(session.propagate())
+    assert steps and all(z_step != z for z_step, _ in steps)
+    after = session.labels
+    # the other organs' pixels change only where the redrawn organ now claims them
+    changed = (first != after) & (after != target) & (first != target)
+    assert not changed.any()
+    np.testing.assert_array_equal(after[z] == target, truth[z] == target)
+    # the corrected organ now matches the truth better around z
+    near = slice(max(0, z - 2), z + 3)
+    dice = lambda p: 2 * (p & (truth[near] == target)).sum() / (  # noqa: E731
+        p.sum() + (truth[near] == target).sum())
+    assert dice(after[near] == target) >= dice(first[near] == target)
+
+
+def test_whole_key_vouches_absent_organs_and_absorbs_organ_keys(phantom) -> None:
+    truth = phantom.labels
+    organ = int(np.unique(truth)[1])
+    session = flow_session(phantom)
+    z = middle(truth, organ)
+    session.add_object_mask(z, organ, truth[z] == organ)
+    session.add_mask(z, truth[z])  # "this slice is done": every organ, absent ones too
+    assert session.organ_keys[organ] == {} and session.key_slices == [z]
+    # an organ key on a whole-slice key edits that key's labels
+    session.add_object_mask(z, organ, np.zeros(truth[z].shape, bool))
+    assert not (session.key_masks[z] == organ).any() and session.key_slices == [z]
+
+
+def test_remove_and_restore_a_slice_gives_back_the_result(phantom) -> None:
+    truth = phantom.labels
+    organ = int(np.unique(truth)[1])
+    session = flow_session(phantom)
+    z = middle(truth, organ)
+    session.add_object_mask(z, organ, truth[z] == organ)
+    first = session.run().copy()
+    snapshot = session.keys_of_slice(z + 3)
+    session.add_object_mask(z + 3, organ, truth[z + 3] == organ)
+    session.run()
+    session.set_keys_of_slice(z + 3, *snapshot)
+    np.testing.assert_array_equal(session.run(), first)
+    session.remove_key(z, organ)
+    with pytest.raises(InputError, match="no key slice"):
+        session.run()
+
+
+def test_empty_organ_key_ends_that_organ_only(phantom) -> None:
+    truth = phantom.labels
+    organs = [int(o) for o in np.unique(truth) if o][:2]
+    session = flow_session(phantom)
+    for organ in organs:
+        session.add_object_mask(middle(truth, organ), organ, truth[middle(truth, organ)] == organ)
+    first = session.run().copy()
+    target = organs[0]
+    end = middle(truth, target) + 2
+    session.add_object_mask(end, target, np.zeros(truth.shape[1:], bool))  # "ends here"
+    labels = session.run()
+    assert not (labels[end] == target).any()
+    assert ((labels == organs[1]) == (first == organs[1])).all()
+
+
+def test_suggestions_are_per_organ_and_avoid_its_keys(phantom) -> None:
+    truth = phantom.labels
+    organs = [int(o) for o in np.unique(truth) if o][:2]
+    session = flow_session(phantom)
+    for organ in organs:
+        session.add_object_mask(middle(truth, organ), organ, truth[middle(truth, organ)] == organ)
+    session.run()
+    for organ in organs:
+        suggested = suggest_slices(session, organ)
+        assert suggested and middle(truth, organ) not in suggested
+        assert all((session.labels[max(0, z - 3):z + 4] == organ).any() for z in suggested)
+    assert suggest_slices(session, 250) == []
+
+
+@pytest.mark.parametrize("mode", ["per_object", "joint"])
+def test_stcn_engine_takes_organ_keys(mode: str) -> None:
+    net = make_net(mode)
+    session = Propagator(net, feature_dtype=torch.float32).start(volume(8))
+    key = np.zeros((48, 64), np.uint8)
+    key[10:20, 10:30] = 3
+    key[25:35, 10:30] = 7
+    session.add_mask(1, key)
+    session.add_object_mask(5, 3, key == 3)  # organ 3 only: organ 7 stays propagated on 5
+    labels = session.run()
+    assert labels.shape == (8, 48, 64) and labels.dtype == np.uint8
+    assert (labels[5][key == 3] == 3).all() and np.isfinite(session.slice_uncertainty).all()
+    assert len(session.tracks) == 2
