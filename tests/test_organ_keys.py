@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_propagation_session import make_net, volume  # tests/ is on sys.path
 
 from slicevos.errors import InputError
 from slicevos.inference.engines.flow.engine import FlowPropagator
@@ -14,8 +15,6 @@ from slicevos.inference.engines.stcn.engine import Propagator
 from slicevos.inference.suggestions import suggest_slices
 from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.windowing import window_volume
-
-from test_propagation_session import make_net, volume  # tests/ is on sys.path
 
 
 @pytest.fixture(scope="module")

@@ -53,13 +53,6 @@ import numpy as np
 import torch
 
 from slicevos.errors import InputError
-from slicevos.inference.tracks import (
-    KEY_STRENGTH,
-    ObjectOutputs,
-    SegmentResult,
-    Track,
-    TrackView,
-)
 from slicevos.inference.fusion import (  # noqa: F401  (the session's public helpers)
     PassOutput,
     Scores,
@@ -68,6 +61,13 @@ from slicevos.inference.fusion import (  # noqa: F401  (the session's public hel
     fusion_weight,
     score_channels,
     score_top,
+)
+from slicevos.inference.tracks import (
+    KEY_STRENGTH,
+    ObjectOutputs,
+    SegmentResult,
+    Track,
+    TrackView,
 )
 
 
@@ -275,7 +275,7 @@ class PropagationSession:
 
     def _add_objects(self, objects: frozenset[int]) -> None:
         """New objects seen on a whole-slice key join the track of whole-slice keys only."""
-        for i, track in enumerate(self.tracks):
+        for track in self.tracks:
             if not any(self.organ_keys.get(o) for o in track.objects):
                 track.add_objects(objects)
                 return

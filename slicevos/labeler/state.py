@@ -24,8 +24,8 @@ import numpy as np
 from slicevos.errors import InputError
 from slicevos.inference.reporting.preview import organ_colours
 from slicevos.inference.reporting.report import uncertainty_list
-from slicevos.inference.suggestions import suggest_slices
 from slicevos.inference.session import PropagationSession
+from slicevos.inference.suggestions import suggest_slices
 from slicevos.io.labels import LabelSchema
 from slicevos.io.nifti import save_labels
 from slicevos.io.volume import Geometry

@@ -29,6 +29,16 @@
     return response;
   }
   const json = async (path, body) => (await call(path, body)).json();
+  // Calls that answer the status. An answer older than one already applied (a poll overtaken
+  // by an edit) is dropped (null), so the page never goes back to keys it has moved past.
+  let statusAsked = 0, statusApplied = 0;
+  async function statusCall(path, body) {
+    const seq = ++statusAsked;
+    const st = await json(path, body);
+    if (seq < statusApplied) return null;
+    statusApplied = seq;
+    return st;
+  }
   async function bitmap(path) {
     const blob = await (await call(path)).blob();
     return createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
@@ -204,7 +214,7 @@
       if (e.button !== 0) return;
       const p = pixelOf(view, e);
       if (S.tool === "fill") {
-        act(json("fill", { z: S.z, label: S.organ, x: p[0], y: p[1] }).then(applyStatus));
+        act(statusCall("fill", { z: S.z, label: S.organ, x: p[0], y: p[1] }).then(applyStatus));
         return;
       }
       c.setPointerCapture(e.pointerId);
@@ -221,7 +231,7 @@
       if (!view.preview) return;
       const points = view.preview;
       view.preview = null;
-      act(json("stroke", { z: S.z, label: S.organ, tool: S.tool, radius: S.radius, points })
+      act(statusCall("stroke", { z: S.z, label: S.organ, tool: S.tool, radius: S.radius, points })
         .then(applyStatus)).then(() => draw(view));
     };
     c.addEventListener("pointerup", finish);
@@ -229,16 +239,39 @@
   }
 
   function bindSideClicks(view) {
+    view.canvas.title = "Click: go there. Shift+click: the selected organ is not on this " +
+      "axial slice (it ends before it)";
     view.canvas.addEventListener("click", (e) => {
       const [col, row] = pixelOf(view, e);
       const d = S.info.shape[0];
       S.z = Math.min(d - 1, Math.max(0, d - 1 - row));
       if (view.name === "coronal") S.x = col; else S.y = col;
       refreshAll();
+      if (e.shiftKey) organEnd();
     });
   }
 
   // -- strips, lists, status ---------------------------------------------------------------
+  function organName(id) {
+    const o = S.info.organs.find((c) => c.id === id);
+    return o ? o.name.replaceAll("_", " ") : `organ ${id}`;
+  }
+  function organColour(id) {
+    const o = S.info.organs.find((c) => c.id === id);
+    return o ? `rgb(${o.colour.join(",")})` : "#ccc";
+  }
+  const ownKeys = (id) => (S.status && S.status.organ_keys[String(id)]) || [];
+  const wholeKeys = () => (S.status && S.status.whole_keys) || [];
+
+  // The key strip's slices for the selected organ: whole-slice keys, the organ's own keys
+  // (drawn, corrected or "not here") and the slices that are keys for other organs only.
+  function stripKeys() {
+    const whole = wholeKeys();
+    const organ = ownKeys(S.organ).filter((z) => !whole.includes(z));
+    const other = ((S.status && S.status.keys) || []).filter((z) => !whole.includes(z) && !organ.includes(z));
+    return { organ: S.organ, whole, own: organ, other };
+  }
+
   function uncertaintyColour(u, low, top) {
     if (u === null || u === undefined) return "#333";
     const t = top > low ? Math.min(1, Math.max(0, (u - low) / (top - low))) : 0;
@@ -264,8 +297,13 @@
       for (let z = 0; z < st.up_to_date.length; z++) {
         if (st.up_to_date[z] === "1") { ctx.fillStyle = "#3a4250"; ctx.fillRect(z * cell, h * 0.6, cell, h * 0.4); }
       }
-      ctx.fillStyle = "#ffffff";
-      for (const k of st.keys) ctx.fillRect(k * cell, 0, Math.max(2, cell), h);
+      const keys = stripKeys();
+      ctx.fillStyle = "#8a90a0";  // other organs' keys: a short tick
+      for (const k of keys.other) ctx.fillRect(k * cell, 0, Math.max(2, cell), h * 0.3);
+      ctx.fillStyle = "#ffffff";  // whole-slice keys: full height, white
+      for (const k of keys.whole) ctx.fillRect(k * cell, 0, Math.max(2, cell), h);
+      ctx.fillStyle = organColour(S.organ);  // the organ's own keys: full height, its colour
+      for (const k of keys.own) ctx.fillRect(k * cell, 0, Math.max(2, cell), h);
     });
     drawStrip($("#uncertainty-strip"), (ctx, cell, h) => {
       // green = the least, red = the most uncertain propagated slice (keys are 0: green)
@@ -288,10 +326,42 @@
 
   function updatePositions() {
     const [d, h, w] = S.info.shape;
-    const key = S.status && S.status.keys.includes(S.z) ? " (key)" : "";
+    const key = keyNote(S.z);
     views.axial.root.querySelector(".pos").textContent = `z ${S.z} / ${d - 1}${key}`;
     views.coronal.root.querySelector(".pos").textContent = `y ${S.y} / ${h - 1}`;
     views.sagittal.root.querySelector(".pos").textContent = `x ${S.x} / ${w - 1}`;
+  }
+
+  // " (key: whole slice)", " (key: liver)" (the selected organ first), or "" on no key
+  function keyNote(z) {
+    if (!S.status) return "";
+    if (wholeKeys().includes(z)) return " (key: whole slice)";
+    const organs = S.info.organs.map((o) => o.id).filter((id) => ownKeys(id).includes(z));
+    if (!organs.length) return "";
+    organs.sort((a, b) => (b === S.organ) - (a === S.organ));
+    return ` (key: ${organs.map(organName).join(", ")})`;
+  }
+
+  // "Check next" for the selected organ; for any organ while it has no key (no entry)
+  function renderCheckNext() {
+    const st = S.status;
+    if (!st) return;
+    const own = st.check_next_organ[String(S.organ)];
+    const slices = own !== undefined ? own : st.check_next;
+    $("#check-next-organ").textContent = own !== undefined ? `for ${organName(S.organ)}` : "for any organ";
+    $("#check-next-note").textContent = own === undefined
+      ? `${organName(S.organ)} has no key yet: slices to check for any organ`
+      : (own.length ? "" : `nothing to check for ${organName(S.organ)}`);
+    const list = $("#check-next");
+    list.dataset.organ = own !== undefined ? String(S.organ) : "any";
+    list.replaceChildren(...slices.map((z) => {
+      const li = document.createElement("li");
+      const u = st.uncertainty[z];
+      li.dataset.z = z;
+      li.textContent = `slice ${z}` + (u === null || u === undefined ? "" : ` (uncertainty ${u.toFixed(2)})`);
+      li.addEventListener("click", () => goTo(z));
+      return li;
+    }));
   }
 
   function applyStatus(st) {
@@ -314,13 +384,7 @@
     $("#stop").disabled = !st.running;
     $("#undo").disabled = !st.undo;
     $("#undo-count").textContent = st.undo ? `${st.undo} step(s)` : "";
-    const list = $("#check-next");
-    list.replaceChildren(...st.check_next.map((z) => {
-      const li = document.createElement("li");
-      li.textContent = `slice ${z} (uncertainty ${st.uncertainty[z].toFixed(2)})`;
-      li.addEventListener("click", () => goTo(z));
-      return li;
-    }));
+    renderCheckNext();
     if (st.error && st.error !== S.lastError) showError(new Error(st.error));
     if (st.last_save) showSave(st.last_save);
     document.body.dataset.running = st.running ? "1" : "0";
@@ -333,7 +397,7 @@
   }
 
   async function poll() {
-    try { applyStatus(await json("status")); } catch (err) { showError(err); }
+    try { applyStatus(await statusCall("status")); } catch (err) { showError(err); }
     setTimeout(poll, S.status && S.status.running ? 300 : 2000);
   }
 
@@ -355,6 +419,11 @@
   function selectOrgan(id) {
     S.organ = id;
     document.querySelectorAll("#organs li").forEach((li) => li.classList.toggle("active", +li.dataset.id === id));
+    $("#organ-end").textContent = `${organName(id)} not here`;
+    $("#key-strip-organ").textContent = organName(id);
+    renderCheckNext();
+    drawStrips();
+    if (views.axial) updatePositions();
   }
   function selectTool(tool) {
     S.tool = tool;
@@ -366,7 +435,11 @@
   }
 
   function acceptSlice() {
-    act(json("accept", { z: S.z }).then(applyStatus));
+    act(statusCall("accept", { z: S.z }).then(applyStatus));
+  }
+  // the selected organ is absent on the current axial slice (an empty key for it alone)
+  function organEnd() {
+    act(statusCall("organ_end", { z: S.z, label: S.organ }).then(applyStatus));
   }
 
   function bindControls() {
@@ -375,10 +448,11 @@
     const win = $("#window");
     win.replaceChildren(...S.info.windows.map((w) => new Option(w, w)));
     win.addEventListener("change", () => { S.window = win.value; refreshAll(); });
-    $("#undo").addEventListener("click", () => act(json("undo", {}).then(applyStatus)));
+    $("#undo").addEventListener("click", () => act(statusCall("undo", {}).then(applyStatus)));
     $("#accept").addEventListener("click", acceptSlice);
-    $("#propagate").addEventListener("click", () => act(json("propagate", {}).then((st) => { applyStatus(st); })));
-    $("#stop").addEventListener("click", () => act(json("stop", {}).then(applyStatus)));
+    $("#organ-end").addEventListener("click", organEnd);
+    $("#propagate").addEventListener("click", () => act(statusCall("propagate", {}).then(applyStatus)));
+    $("#stop").addEventListener("click", () => act(statusCall("stop", {}).then(applyStatus)));
     $("#save").addEventListener("click", async () => {
       $("#save-path").textContent = "saving...";
       const saved = await act(json("save", {}));
@@ -386,7 +460,7 @@
     });
     $("#banner-close").addEventListener("click", () => { $("#banner").hidden = true; });
     $("#banner-discard").addEventListener("click", async () => {
-      const st = await act(json("discard", {}));
+      const st = await act(statusCall("discard", {}));
       if (st) { $("#banner").hidden = true; applyStatus(st); refreshAll(); }
     });
     stripClick($("#key-strip"));
@@ -394,13 +468,14 @@
     window.addEventListener("resize", drawStrips);
     document.addEventListener("keydown", (e) => {
       if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
-      if ((e.ctrlKey || e.metaKey) && e.key === "z") { e.preventDefault(); act(json("undo", {}).then(applyStatus)); return; }
+      if ((e.ctrlKey || e.metaKey) && e.key === "z") { e.preventDefault(); act(statusCall("undo", {}).then(applyStatus)); return; }
       const keys = { ArrowUp: 1, PageUp: 5, ArrowDown: -1, PageDown: -5 };
       if (e.key in keys) { e.preventDefault(); step("axial", keys[e.key]); }
       else if (e.key === "b") selectTool("brush");
       else if (e.key === "e") selectTool("eraser");
       else if (e.key === "f") selectTool("fill");
       else if (e.key === "k") acceptSlice();
+      else if ((e.key === "x" || e.key === "X") && !e.ctrlKey && !e.metaKey && !e.altKey) organEnd();
       else if (e.key === "+" || e.key === "]") setRadius(S.radius + 1);
       else if (e.key === "-" || e.key === "[") setRadius(S.radius - 1);
     });
@@ -425,7 +500,7 @@
     if (S.info.resumed) {
       showBanner(`Resumed ${S.info.resumed} key slice(s) autosaved in ${S.info.sidecar}.`, false, true);
     }
-    const st = await act(json("status"));
+    const st = await act(statusCall("status"));
     if (st) {
       if (st.keys.length) S.z = st.keys[0];
       applyStatus(st);
@@ -436,6 +511,6 @@
     document.body.dataset.ready = "1";
   }
 
-  window.labeler = { state: S, views, goTo, call, json };
+  window.labeler = { state: S, views, goTo, call, json, selectOrgan, stripKeys };
   start();
 })();
