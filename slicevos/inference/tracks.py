@@ -158,18 +158,24 @@ class SegmentResult:
         on which they differ, out of the pixels either calls it); else ``doubt_map`` (H, W)
         summed over the object's pixels."""
         length = len(lut)
+        box = _nonzero_box(channels, *(pair or ()))
+        if box is None:
+            return cls(np.zeros(channels.shape, np.uint8), 0.0, np.zeros(256),
+                       np.zeros(256, np.int64))
         if pair is not None:
-            forward, backward = (c.ravel() for c in pair)
-            differ = forward != backward
-            pixels = (np.bincount(forward, minlength=length) + np.bincount(
-                backward, minlength=length) - np.bincount(forward[~differ], minlength=length))
-            doubt = (np.bincount(forward[differ], minlength=length)
-                     + np.bincount(backward[differ], minlength=length)).astype(np.float64)
+            # confusion counts of (forward channel, backward channel) in one pass
+            forward, backward = (c[box].ravel() for c in pair)
+            confusion = np.bincount(forward * length + backward, minlength=length * length
+                                    ).reshape(length, length)
+            same = np.diag(confusion)
+            either = confusion.sum(1) + confusion.sum(0)
+            pixels = either - same
+            doubt = (either - 2 * same).astype(np.float64)
         else:
-            flat = channels.ravel()
+            flat = channels[box].ravel()
             pixels = np.bincount(flat, minlength=length)
             doubt = (np.zeros(length) if doubt_map is None else np.bincount(
-                flat, weights=doubt_map.ravel(), minlength=length))
+                flat, weights=doubt_map[box].ravel(), minlength=length))
         by_label_doubt, by_label_pixels = np.zeros(256), np.zeros(256, np.int64)
         np.add.at(by_label_doubt, lut, doubt[:length])
         np.add.at(by_label_pixels, lut, pixels[:length])
@@ -181,6 +187,17 @@ class SegmentResult:
                 self.labels.shape, bool)
             outputs.put(object_id, z, mask, self.strength, float(self.doubt[object_id]),
                         int(self.pixels[object_id]))
+
+
+def _nonzero_box(*channel_maps: np.ndarray) -> Box | None:
+    """The bounding box of the pixels any of the (H, W) maps has nonzero; None if none."""
+    nonzero = channel_maps[0] != 0
+    for other in channel_maps[1:]:
+        nonzero |= other != 0
+    if not nonzero.any():
+        return None
+    x, y, w, h = cv2.boundingRect(nonzero.view(np.uint8))
+    return slice(y, y + h), slice(x, x + w)
 
 
 class Track:

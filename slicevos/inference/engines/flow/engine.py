@@ -159,12 +159,14 @@ class FlowPasses(PassEngine):
         self._llr: dict[int, np.ndarray] | None = None
         self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
         self._scale: np.ndarray | None = None
+        self._region: tuple[slice, slice] | None = None
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
         self._shapes.pop(z, None)
         self._llr = None  # every key feeds every object's model: all supports change too
         self._key_supports.clear()
         self._scale = None
+        self._region = None
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -205,6 +207,13 @@ class FlowPasses(PassEngine):
                   if o not in shapes} if cfg.absent_depth is not None else {}
         mapping, previous = self.grid, start
         for z in order:
+            if other is None and len(ended) == len(shapes):
+                # every object has ended beyond the outermost key: the rest is background
+                fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
+                fill[0] = 0.0
+                yield z, PassOutput(BoxScores((self.session.height, self.session.width), fill,
+                                              scale=self._scales(channel)))
+                continue
             mapping = compose(mapping, self.flows.flow(z, previous), self.grid)
             self.session.stats.flow_fields += 1
             previous = z
@@ -316,12 +325,35 @@ class FlowPasses(PassEngine):
         return self._key_supports[z, object_id]
 
     def _confidence(self, key: int, z: int, mapping: np.ndarray) -> np.ndarray | None:
+        """(H, W) float32 in (0, 1]: the warp residual's confidence (module doc), computed
+        within :meth:`_confidence_region` (1 outside it, where no object can be)."""
         cfg = self.config
         if not cfg.use_confidence:
             return None
-        warped = cv2.remap(self.stack[key], mapping, None, cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-        residual = cv2.absdiff(warped, self.stack[z]).astype(np.float32)
+        region = self._confidence_region()
+        warped = cv2.remap(self.stack[key], np.ascontiguousarray(mapping[region]), None,
+                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.absdiff(warped, self.stack[z][region]).astype(np.float32)
         if cfg.residual_sigma > 0:
             residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma)
-        return np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
+        confidence = np.ones((self.session.height, self.session.width), np.float32)
+        confidence[region] = np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
+        return confidence
+
+    def _confidence_region(self, margin: int = 64) -> tuple[slice, slice]:
+        """The bounding box of every object on every key of this track, grown by ``margin``
+        pixels (object boxes move less than that between keys; cached until keys change)."""
+        if self._region is None:
+            boxes = [(shape.top, shape.left, shape.distance.shape) for z in
+                     self.session.key_masks for shape in self.shapes(z).values()]
+            height, width = self.session.height, self.session.width
+            if not boxes:
+                self._region = (slice(0, height), slice(0, width))
+            else:
+                top = min(b[0] for b in boxes)
+                left = min(b[1] for b in boxes)
+                bottom = max(b[0] + b[2][0] for b in boxes)
+                right = max(b[1] + b[2][1] for b in boxes)
+                self._region = (slice(max(0, top - margin), min(height, bottom + margin)),
+                                slice(max(0, left - margin), min(width, right + margin)))
+        return self._region

@@ -87,13 +87,14 @@ class FlowFields:
         self._fill()
 
     def flow(self, a: int, b: int) -> np.ndarray:
-        """Flow (H, W, 2) float32 from slice ``a`` to its neighbour ``b`` (full size)."""
+        """Flow (H, W, 2) from slice ``a`` to its neighbour ``b`` (full size; float32, or
+        float16 when kept)."""
         if abs(a - b) != 1:
             raise ValueError(f"flows are between adjacent slices, got {a} -> {b}")
         kept = self._kept.get((a, b))
         if kept is not None:
             self._kept.move_to_end((a, b))
-            return kept.astype(np.float32)
+            return kept  # float16: compose adds it to the float32 grid
         pending = self._pending.pop((a, b), None)
         self._fill()
         flow = pending.result() if pending else self._compute(a, b)
