@@ -106,7 +106,8 @@ def test_slice_mode_and_range_start(case: Case) -> None:
     run = simulate(case, FLARE22, "slice", "error3d", start="range", max_keys=3, stop_dsc=1.1)
     extent = np.flatnonzero(case.truth.any(axis=(1, 2)))
     assert [(c.z, c.rule) for c in run.corrections][:3] == [
-        ((extent[0] + extent[-1]) // 2, "start"), (extent[0], "range"), (extent[-1], "range")]
+        ((extent[0] + extent[-1]) // 2, "start"),  # then "not here" just past both ends
+        (max(extent[0] - 1, 0), "range"), (min(extent[-1] + 1, len(case.truth) - 1), "range")]
     assert all(c.organ is None for c in run.corrections)
     for curve in run.curves.values():
         assert curve.keys == [1, 2, 3, 4]

@@ -17,9 +17,10 @@ The simulated user works in one of two modes:
   picks one non-key slice for the whole label map and the user draws its true labels there.
   Corrections stop once every organ's DSC has reached ``stop_dsc``.
 
-With ``start="range"`` the organ's (slice mode: the union's) first and last true slices are
-the first two corrections (steps 1 and 2, picked by ``range``), as the CVPR 2025 challenge's
-box carries the z-range; both starts get ``max_keys`` correction steps, so the curves always
+With ``start="range"`` the first two corrections (steps 1 and 2, picked by ``range``) are the
+page's extent control: the organ (slice mode: every organ) marked "not here" on the slice just
+past its first and its last true slice (the end slice itself at the volume's edge), the
+z-range the CVPR 2025 challenge's box carries; both starts get ``max_keys`` correction steps, so the curves always
 have one value per key. The rules are in ``slicevos.benchmarks.effort_rules``.
 
 What is scored (``slicevos.benchmarks.effort_metrics``): per organ, 3D DSC and NSD (the
@@ -199,7 +200,10 @@ class _Session:
         first, last = extents[organ]
         keys = self.keys.setdefault(organ, set())
         if self.run.start == "range" and step <= 2:
-            z = first if step == 1 else last
+            # the extent control: "not here" just past each end (the end slice itself where
+            # the organ reaches the volume's edge)
+            depth = len(self.case.truth)
+            z = max(first - 1, 0) if step == 1 else min(last + 1, depth - 1)
             return (None if z in keys else z), False, "range"
         truth, labels = self.case.truth, self.labeler.session.labels
         wrong = labels != truth if organ is None else (labels == organ) != (truth == organ)
