@@ -31,12 +31,20 @@ def middle(labels: np.ndarray, organ: int) -> int:
     return int(np.median(np.flatnonzero((labels == organ).any(axis=(1, 2)))))
 
 
-def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
+def start_organs(phantom, count: int):
+    """A flow session with the first ``count`` organs drawn on their middle slices (per-organ
+    keys); returns (session, organs)."""
     truth = phantom.labels
-    organs = [int(o) for o in np.unique(truth) if o][:3]
+    organs = [int(o) for o in np.unique(truth) if o][:count]
     session = flow_session(phantom)
     for organ in organs:
         session.add_object_mask(middle(truth, organ), organ, truth[middle(truth, organ)] == organ)
+    return session, organs
+
+
+def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
+    truth = phantom.labels
+    session, organs = start_organs(phantom, 3)
     first = session.run().copy()
     target, other = organs[0], organs[1]
     # redraw ``target`` on a slice where ``other`` is propagated (not drawn)
@@ -92,10 +100,7 @@ def test_remove_and_restore_a_slice_gives_back_the_result(phantom) -> None:
 
 def test_empty_organ_key_ends_that_organ_only(phantom) -> None:
     truth = phantom.labels
-    organs = [int(o) for o in np.unique(truth) if o][:2]
-    session = flow_session(phantom)
-    for organ in organs:
-        session.add_object_mask(middle(truth, organ), organ, truth[middle(truth, organ)] == organ)
+    session, organs = start_organs(phantom, 2)
     first = session.run().copy()
     target = organs[0]
     end = middle(truth, target) + 2
@@ -107,10 +112,7 @@ def test_empty_organ_key_ends_that_organ_only(phantom) -> None:
 
 def test_suggestions_are_per_organ_and_avoid_its_keys(phantom) -> None:
     truth = phantom.labels
-    organs = [int(o) for o in np.unique(truth) if o][:2]
-    session = flow_session(phantom)
-    for organ in organs:
-        session.add_object_mask(middle(truth, organ), organ, truth[middle(truth, organ)] == organ)
+    session, organs = start_organs(phantom, 2)
     session.run()
     for organ in organs:
         suggested = suggest_slices(session, organ)
