@@ -70,10 +70,8 @@ def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
 
 def test_whole_key_vouches_absent_organs_and_absorbs_organ_keys(phantom) -> None:
     truth = phantom.labels
-    organ = int(np.unique(truth)[1])
-    session = flow_session(phantom)
+    session, (organ,) = start_organs(phantom, 1)
     z = middle(truth, organ)
-    session.add_object_mask(z, organ, truth[z] == organ)
     session.add_mask(z, truth[z])  # "this slice is done": every organ, absent ones too
     assert session.organ_keys[organ] == {} and session.key_slices == [z]
     # an organ key on a whole-slice key edits that key's labels
@@ -83,10 +81,8 @@ def test_whole_key_vouches_absent_organs_and_absorbs_organ_keys(phantom) -> None
 
 def test_remove_and_restore_a_slice_gives_back_the_result(phantom) -> None:
     truth = phantom.labels
-    organ = int(np.unique(truth)[1])
-    session = flow_session(phantom)
+    session, (organ,) = start_organs(phantom, 1)
     z = middle(truth, organ)
-    session.add_object_mask(z, organ, truth[z] == organ)
     first = session.run().copy()
     snapshot = session.keys_of_slice(z + 3)
     session.add_object_mask(z + 3, organ, truth[z + 3] == organ)
