@@ -35,8 +35,9 @@ SERIES = "1.2.826.0.1.3680043.8.498.1"
 
 def write_slice(path: Path, position, orientation=AXIAL, stored=None, *, slope=1.0,
                 intercept=-1024.0, series_uid=SERIES, instance=1, modality="CT",
-                thickness=None) -> Path:
-    """One uncompressed CT slice; ``stored`` is the raw (rows, columns) uint16 pixel array."""
+                thickness=None, extra=None) -> Path:
+    """One uncompressed CT slice; ``stored`` is the raw (rows, columns) uint16 pixel array;
+    ``extra``: more attributes (keyword -> value), e.g. the study's UIDs."""
     stored = np.zeros((ROWS, COLS), np.uint16) if stored is None else stored
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -56,6 +57,8 @@ def write_slice(path: Path, position, orientation=AXIAL, stored=None, *, slope=1
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.PixelData = stored.astype(np.uint16).tobytes()
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
 

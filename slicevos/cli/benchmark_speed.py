@@ -15,6 +15,7 @@ tiles and extrapolates from the measured time per tile (both columns shown).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 from collections.abc import Sequence
@@ -44,9 +45,12 @@ def make_phantom_file(folder: Path, depth: int, size: int, seed: int = 0) -> Pat
 
 
 def random_pipeline(config_name: str, device: str, reference: str | None,
-                    propagation: str | None, engine: str = "stcn"):
+                    propagation: str | None, engine: str = "stcn", backend: str = "torch",
+                    work_dir: Path | None = None):
     """A VolumePipeline with the networks of ``config_name`` (random weights), or loaded from
-    the given checkpoints; ``engine`` flow propagates with optical flow (no network)."""
+    the given checkpoints; ``engine`` flow propagates with optical flow (no network);
+    ``backend`` onnx runs the reference pair with onnxruntime (a random pair is exported to
+    ``work_dir`` first, outside the timed run)."""
     import dataclasses
 
     import torch
@@ -67,7 +71,7 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
     options = from_dict(InferenceConfig, yaml.safe_load(
         (inference_file if inference_file.exists() else CONFIGS / "inference" / "default.yaml")
         .read_text()))
-    options = dataclasses.replace(options, propagator=engine)
+    options = dataclasses.replace(options, propagator=engine, backend=backend)
     if reference and (propagation or engine == "flow"):
         return VolumePipeline.from_checkpoints(propagation if engine != "flow" else None,
                                                reference, None, options, device)
@@ -84,23 +88,58 @@ def random_pipeline(config_name: str, device: str, reference: str | None,
                   Propagator(net, device, options.memory_every, options.max_memory_frames,
                              features_on_cpu=options.features_on_cpu,
                              feature_cache_slices=options.feature_cache_slices))
-    segmenter = ReferenceSegmenter(pair.eval(), device, options.batch_size)
+    segmenter = ReferenceSegmenter(_reference_model(pair.eval(), backend, windows, work_dir),
+                                   device, options.batch_size)
     return VolumePipeline(propagator, windows, schema, segmenter, windows, None, options)
 
 
+def _reference_model(pair, backend: str, windows, work_dir: Path | None):
+    """The pair itself, or (onnx) its graph exported to ``work_dir`` by
+    :func:`export_random_reference`."""
+    if backend == "torch":
+        return pair
+    from slicevos.inference.onnx.runtime import OnnxReferenceModel
+
+    path = Path(work_dir) / "reference.onnx"
+    if not path.is_file():
+        from slicevos.inference.onnx.export import export_graph
+        from slicevos.inference.onnx.graphs import reference_spec
+
+        export_graph(reference_spec(pair, "flare22", windows, "random"), path)
+    return OnnxReferenceModel(path)
+
+
+def export_reference(config_name: str, work_dir: str, reference: str | None) -> dict[str, Any]:
+    """Export the reference checkpoint (to the cache) or the random pair of ``config_name``
+    (the one the timed runs build) in its own process, so the export's time and memory are
+    not counted in a timed run."""
+    if reference:
+        from slicevos.inference.onnx.runtime import reference_onnx_path
+
+        reference_onnx_path(reference)
+    else:
+        random_pipeline(config_name, "cpu", None, None, "flow", "onnx", Path(work_dir))
+    return {}
+
+
 def time_slicevos(image: str, config_name: str, device: str, reference: str | None,
-                  propagation: str | None, threads: int, engine: str = "stcn") -> dict[str, Any]:
+                  propagation: str | None, threads: int, engine: str = "stcn",
+                  backend: str = "torch") -> dict[str, Any]:
     """One automatic run in this (fresh) process: seconds per stage, total, peak memory."""
     import torch
 
     torch.set_num_threads(threads)
     from slicevos.cli.infer_cases import Case, OutputOptions, run_case
 
-    pipeline = random_pipeline(config_name, device, reference, propagation, engine)
+    work = Path(image).parent / f"onnx_{config_name}"
     with tempfile.TemporaryDirectory() as tmp:
+        pipeline = random_pipeline(config_name, device, reference, propagation, engine, backend,
+                                   work)
         report = run_case(Case("bench", Path(image), Path(tmp) / "out.nii.gz"), pipeline,
                           OutputOptions(progress=False))
-    return {"method": f"slicevos {config_name} {engine}", "total_s": sum(report.timing_s.values()),
+    suffix = "" if backend == "torch" else f" {backend}"
+    return {"method": f"slicevos {config_name} {engine}{suffix}",
+            "total_s": sum(report.timing_s.values()),
             "stages_s": report.timing_s, "peak_rss_mb": report.memory_mb["peak_rss_mb"],
             "peak_gpu_mb": report.memory_mb["peak_gpu_mb"], "keys": len(report.key_slices),
             "objects": len(report.organs)}
@@ -142,6 +181,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stage_table(rows: list[dict[str, Any]]) -> str:
+    """Seconds per pipeline stage (load, window, reference, propagation, ...) per run."""
+    stages = list(dict.fromkeys(k for r in rows for k in r.get("stages_s", {})))
+    lines = [f"{'volume':>12} {'method':<32}" + "".join(f"{s:>13}" for s in stages)]
+    for r in rows:
+        if "keys" in r:
+            lines.append(f"{r['volume']:>12} {r['method']:<32}" + "".join(
+                f"{r['stages_s'].get(s, 0.0):>13.2f}" for s in stages))
+    return "\n".join(lines)
+
+
 def _body(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,10 +199,13 @@ def _body(args: argparse.Namespace) -> int:
             image = str(make_phantom_file(Path(tmp), depth, args.size))
             volume = f"{args.size}x{args.size}x{depth}"
             for name in args.configs:
-                for engine in args.engines:
+                if "onnx" in args.backends:
+                    _in_fresh_process(export_reference, name,
+                                      str(Path(image).parent / f"onnx_{name}"), args.reference)
+                for engine, backend in itertools.product(args.engines, args.backends):
                     row = _in_fresh_process(time_slicevos, image, name, args.device,
                                             args.reference, args.propagation, args.threads,
-                                            engine)
+                                            engine, backend)
                     rows.append({"volume": volume, **row})
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
             if args.no_baseline:
@@ -169,6 +222,8 @@ def _body(args: argparse.Namespace) -> int:
                 rows.append({"volume": volume, **row})
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print("\n" + format_table(rows))
+    if args.stages:
+        print("\n" + stage_table(rows))
     print(f"targets: fast config with flow <= {TARGET_FLOW_100_S:.0f} s and with the STCN <= "
           f"{TARGET_FAST_100_S:.0f} s for 512x512x100; "
           f">= {TARGET_SPEEDUP:.0f}x faster than the nnU-Net baseline ('vs slicevos fast', "
@@ -188,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", default=["flow", "stcn"],
                         choices=("flow", "stcn"), help="propagation engines to time (the first "
                         "is the baseline's comparison)")
+    parser.add_argument("--backends", nargs="+", default=["torch"], choices=("torch", "onnx"),
+                        help="reference-stage backends to time (onnx: onnxruntime, CPU)")
+    parser.add_argument("--stages", action="store_true",
+                        help="print the seconds of every stage of every run")
     parser.add_argument("--reference", help="time this reference checkpoint instead")
     parser.add_argument("--propagation", help="time this propagation checkpoint instead")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

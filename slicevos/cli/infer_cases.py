@@ -22,6 +22,7 @@ from slicevos.inference.reporting.report import (
     write_report,
 )
 from slicevos.inference.user_keys import read_key_slices
+from slicevos.io.dicom_seg import SegSource, dicom_seg_path, save_dicom_seg, seg_source_for
 from slicevos.io.loader import load_volume
 from slicevos.io.nifti import is_nifti, save_labels, strip_nifti_suffix
 from slicevos.metrics.efficiency import EfficiencyMeter
@@ -57,10 +58,14 @@ class Case:
 
 @dataclass(frozen=True)
 class OutputOptions:
+    """What to write beside the label file. ``dicom_seg``: a DICOM-SEG ``<name>_seg.dcm``;
+    None writes one for a DICOM series input when it can (``seg_source_for``)."""
+
     preview: bool = False
     report: bool = False
     uncertainty_map: bool = False
     progress: bool = True
+    dicom_seg: bool | None = None
 
 
 def case_id_of(path: Path) -> str:
@@ -124,6 +129,7 @@ def run_case(case: Case, pipeline: VolumePipeline, options: OutputOptions,
                          ) as meter:
         with timer("load"):
             volume = load_volume(case.image)
+            seg_source = seg_source_for(volume, options.dicom_seg)
             keys = (read_key_slices(case.keys, volume, pipeline.schema, key_slices,
                                     empty_slices) if case.keys is not None else None)
         result = pipeline.run(volume, keys, timer, options.progress)
@@ -137,12 +143,13 @@ def run_case(case: Case, pipeline: VolumePipeline, options: OutputOptions,
         organs=organ_statistics(result.labels, volume.spacing, pipeline.schema),
         checkpoints=checkpoints or {}, config=asdict(pipeline.config))
     report.set_uncertainty(result.slice_uncertainty)
-    _write_outputs(case, volume, result, report, pipeline, options)
+    _write_outputs(case, volume, result, report, pipeline, options, seg_source)
     return report
 
 
 def _write_outputs(case: Case, volume, result: PipelineResult, report: CaseReport,
-                   pipeline: VolumePipeline, options: OutputOptions) -> None:
+                   pipeline: VolumePipeline, options: OutputOptions,
+                   seg_source: SegSource | None = None) -> None:
     case.output.parent.mkdir(parents=True, exist_ok=True)
     if options.preview:
         render_preview(volume.hu, result.labels, volume.spacing, pipeline.schema,
@@ -152,7 +159,18 @@ def _write_outputs(case: Case, volume, result: PipelineResult, report: CaseRepor
                              volume.geometry)
     if options.report:
         write_report(case.sibling("_report.json"), report)
+    if seg_source is not None:
+        _write_dicom_seg(case, result, pipeline, seg_source)
     _test_exit_hook()
     save_labels(result.labels, volume.geometry, case.output, pipeline.schema,
                 key_slices=result.key_slices)
     _written["cases"] += 1
+
+
+def _write_dicom_seg(case: Case, result: PipelineResult, pipeline: VolumePipeline,
+                     seg_source: SegSource) -> None:
+    path = save_dicom_seg(result.labels, seg_source, dicom_seg_path(case.output), pipeline.schema,
+                          algorithm_type=("AUTOMATIC" if result.key_source == "reference"
+                                          else "SEMIAUTOMATIC"))
+    if path is None:
+        log.info("%s: no organ segmented, so no DICOM-SEG", case.case_id)

@@ -15,7 +15,10 @@ Demo:            slicevos-infer --demo [OUT_DIR]  (phantom + the shipped demo mo
 
 The output label file has the input's own geometry, with a <name>.json label map beside it;
 --preview adds <name>_preview.png, --report <name>_report.json, --uncertainty-map
-<name>_uncertainty.nii.gz. The label file is written last.
+<name>_uncertainty.nii.gz. For a DICOM series input a DICOM-SEG <name>_seg.dcm (for PACS,
+OHIF, 3D Slicer) is written too when highdicom is installed (pip install "slicevos[dicomseg]";
+without it a warning); --dicom-seg makes it required, --no-dicom-seg skips it. See
+docs/interoperability.md. The label file is written last.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def inference_config(args: argparse.Namespace):
     from slicevos.inference.config import InferenceConfig
 
     assignments = list(args.set)
-    for name in ("tta", "amp", "propagator"):
+    for name in ("tta", "amp", "propagator", "backend"):
         if getattr(args, name, None):
             assignments.append(f"{name}={getattr(args, name)}")
     if args.no_postprocess:
@@ -96,7 +99,7 @@ def _body(args: argparse.Namespace) -> int:
     cases = find_cases(Path(args.input), Path(args.output),
                        Path(args.keys) if args.keys else None)
     options = OutputOptions(args.preview, args.report, args.uncertainty_map,
-                            progress=not args.quiet)
+                            progress=not args.quiet, dicom_seg=args.dicom_seg)
     checkpoints = {k: str(v) for k, v in (("reference", args.reference),
                                           ("propagation", args.propagation),
                                           ("localizer", args.localizer)) if v}
@@ -155,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override an inference option, e.g. --set key_stride=4")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast on CUDA")
+    parser.add_argument("--backend", choices=("torch", "onnx"),
+                        help="run the reference pair with PyTorch or onnxruntime (CPU; a .pt "
+                        "checkpoint is exported once to ~/.cache/slicevos/onnx; a --reference "
+                        ".onnx file from slicevos-export always uses onnxruntime)")
     parser.add_argument("--tta", choices=("none", "flip_lr", "flip_lr_ud"),
                         help="flip TTA of the reference stage")
     parser.add_argument("--no-postprocess", "--no-lcc", action="store_true",
@@ -165,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", action="store_true", help="write the per-case JSON report")
     parser.add_argument("--uncertainty-map", action="store_true",
                         help="write where the two propagation directions disagree (NIfTI)")
+    parser.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+                        help="write a DICOM-SEG <name>_seg.dcm over the input DICOM series "
+                        "(default: for DICOM input when highdicom is installed); --dicom-seg "
+                        "fails on NIfTI input or without highdicom")
     parser.add_argument("--overwrite", action="store_true", help="redo finished cases")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--demo", action="store_true", help="make a phantom and segment it with "

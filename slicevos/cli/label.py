@@ -2,12 +2,15 @@
 
     slicevos-label SCAN [--labels start.nii.gz] [--out labels.nii.gz] [--schema flare22]
                    [--propagation prop.pt [--propagator stcn|guided|fused]] [--port 8765] [--open]
+                   [--dicom-seg | --no-dicom-seg]
 
 SCAN is a NIfTI file or a DICOM series folder. The server binds 127.0.0.1 (``--host``
 changes that, with a warning) and prints the page's URL with a random access token. Draw on
 axial slices, press Propagate (optical flow; the STCN or both fused with a checkpoint),
 correct slices (only their two neighbouring segments are redone) and Save: the labels are
-written in the scan's own geometry with the JSON label map. Every drawn key slice is
+written in the scan's own geometry with the JSON label map, and for a DICOM series a
+DICOM-SEG <out>_seg.dcm beside them when highdicom is installed (--dicom-seg: required,
+--no-dicom-seg: never; docs/interoperability.md). Every drawn key slice is
 autosaved to ``<out>.label-session/`` beside the output; running the same command again
 resumes (the page offers to discard). Ctrl-C stops after a final save of the session state.
 """
@@ -101,7 +104,7 @@ def _body(args: argparse.Namespace) -> int:
         output = check_output(Path(args.out) if args.out else default_output(scan),
                               [scan, start, checkpoint])
         schema = get_schema(args.schema)
-        labeler = open_labeler(scan, output, schema, engine, checkpoint, start)
+        labeler = open_labeler(scan, output, schema, engine, checkpoint, start, args.dicom_seg)
     except InputError as err:
         if not args.open:
             sock.close()
@@ -139,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--propagator", choices=PROPAGATORS,
                         help="propagation engine (default: flow; with --propagation, stcn, or "
                         "guided for a flow-guided checkpoint)")
+    parser.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+                        help="save a DICOM-SEG <out>_seg.dcm too (default: for a DICOM series "
+                        "when highdicom is installed); --dicom-seg fails on NIfTI or without "
+                        "highdicom")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default "
                         "127.0.0.1; anything else is reachable from other machines)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")

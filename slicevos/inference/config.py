@@ -12,6 +12,7 @@ from slicevos.config import check_fields
 from slicevos.inference.engines import ENGINES, FusionWeights
 from slicevos.inference.engines.flow.engine import FlowConfig
 from slicevos.inference.engines.stcn.slice_scale import NETWORK_UPSAMPLE_BELOW
+from slicevos.inference.reference.segmenter import BACKENDS
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 TTA_CHOICES = ("none", "flip_lr", "flip_lr_ud")
@@ -32,7 +33,8 @@ class InferenceConfig:
     Reference stage: ``key_stride`` samples one slice in that many for key-slice selection;
     an organ needs ``min_key_area`` pixels on its key slice; ``tta`` flips averaged with the
     plain prediction ("flip_lr": left-right; "flip_lr_ud": + up-down); ``batch_size`` slices per
-    reference call. Propagation: a pass stores a frame every ``memory_every`` slices, at most
+    reference call; ``backend`` runs the reference pair with PyTorch or, on the CPU, with
+    onnxruntime (``slicevos.inference.onnx``). Propagation: a pass stores a frame every ``memory_every`` slices, at most
     ``max_memory_frames`` of them besides the keys; ``feature_cache_slices`` bounds the per-slice
     key-feature cache (None = every slice; bounded by default so 1000-slice volumes fit);
     ``features_on_cpu`` keeps memory features in host RAM (GPU runs of long volumes);
@@ -53,6 +55,7 @@ class InferenceConfig:
     min_key_area: int = 20
     tta: str = "none"
     batch_size: int = 8
+    backend: str = "torch"
     memory_every: int = 5
     max_memory_frames: int = 8
     feature_cache_slices: int | None = 64
@@ -72,6 +75,7 @@ class InferenceConfig:
             "min_key_area": (self.min_key_area >= 1, "an integer >= 1"),
             "tta": (self.tta in TTA_CHOICES, f"one of {TTA_CHOICES}"),
             "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "backend": (self.backend in BACKENDS, f"one of {BACKENDS}"),
             "memory_every": (self.memory_every >= 1, "an integer >= 1"),
             "max_memory_frames": (self.max_memory_frames >= 0, "an integer >= 0"),
             "network_upsample_below": (self.network_upsample_below >= 0, "an integer >= 0"),

@@ -116,7 +116,7 @@ class VolumePipeline:
         segmenter, ref_windows = None, None
         if reference is not None:
             segmenter = ReferenceSegmenter.from_checkpoint(reference, device, config.batch_size,
-                                                           amp)
+                                                           amp, config.backend)
             schema, ref_windows = segmenter.info.schema, segmenter.info.windows
         if schema is None:
             raise InputError(None, "no label schema: semi-automatic mode without a "

@@ -31,7 +31,9 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
-class _Slice:
+class DicomSlice:
+    """One image file of a series and its header."""
+
     path: Path
     header: Any  # pydicom Dataset read with stop_before_pixels
 
@@ -56,19 +58,30 @@ def load_dicom_series(folder: str | PathLike) -> Volume:
     non-uniform spacing, or pixel data that cannot be decoded.
     """
     folder = Path(folder)
+    slices, geometry = read_series_headers(folder)
+    pydicom = _import_pydicom(folder)
+    stack = np.stack([_read_hu(s, pydicom) for s in slices])  # (k, rows j, columns i)
+    file_array = stack.transpose(2, 1, 0)  # (columns i, rows j, slices k)
+    check_finite(file_array, folder)
+    warn_if_not_hu(file_array, folder)
+    hu = np.ascontiguousarray(geometry.to_canonical(file_array), dtype=np.float32)
+    return Volume(hu=hu, geometry=geometry, path=folder)
+
+
+def read_series_headers(folder: str | PathLike) -> tuple[list[DicomSlice], Geometry]:
+    """The headers (no pixel data) of the CT series in ``folder`` in slice order, and its
+    geometry: ``slices[k]`` is slice ``k`` of the file array (columns i, rows j, slices k) that
+    ``load_dicom_series`` builds. Raises ``InputError`` as ``load_dicom_series`` does."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "DICOM folder not found", "pass the folder holding the series' files")
     pydicom = _import_pydicom(folder)
     slices = _read_headers(folder, pydicom)
     _check_one_series(folder, slices)
     slices, step = _sort_slices(folder, slices)
-    stack = np.stack([_read_hu(s, pydicom) for s in slices])  # (k, rows j, columns i)
-    file_array = stack.transpose(2, 1, 0)  # (columns i, rows j, slices k)
-    check_finite(file_array, folder)
-    warn_if_not_hu(file_array, folder)
-    geometry = Geometry(_ras_affine(slices[0], step), tuple(file_array.shape), header=None)
-    hu = np.ascontiguousarray(geometry.to_canonical(file_array), dtype=np.float32)
-    return Volume(hu=hu, geometry=geometry, path=folder)
+    first = slices[0].header
+    shape = (int(first.Columns), int(first.Rows), len(slices))
+    return slices, Geometry(_ras_affine(slices[0], step), shape, header=None)
 
 
 def _import_pydicom(folder: Path) -> ModuleType:
@@ -80,7 +93,7 @@ def _import_pydicom(folder: Path) -> ModuleType:
     return pydicom
 
 
-def _read_headers(folder: Path, pydicom: ModuleType) -> list[_Slice]:
+def _read_headers(folder: Path, pydicom: ModuleType) -> list[DicomSlice]:
     """Headers of the CT image files in ``folder``; other files are skipped."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
     images, other_modalities, multiframe = [], {}, 0
@@ -102,7 +115,7 @@ def _read_headers(folder: Path, pydicom: ModuleType) -> list[_Slice]:
         if modality != "CT":
             other_modalities[modality] = other_modalities.get(modality, 0) + 1
             continue
-        images.append(_Slice(path, header))
+        images.append(DicomSlice(path, header))
     if other_modalities and images:
         found = ", ".join(f"{n} {m}" for m, n in other_modalities.items())
         warn_input(folder, f"skipped {found} image(s) that are not CT; only the CT images are "
@@ -132,9 +145,9 @@ def _no_images_fix(folder: Path, multiframe: int) -> str:
     return fix
 
 
-def _check_one_series(folder: Path, slices: list[_Slice]) -> None:
+def _check_one_series(folder: Path, slices: list[DicomSlice]) -> None:
     """One SeriesInstanceUID, one orientation, one image size and pixel spacing."""
-    by_uid: dict[str, list[_Slice]] = {}
+    by_uid: dict[str, list[DicomSlice]] = {}
     for s in slices:
         by_uid.setdefault(s.series_uid, []).append(s)
     fix = ("put each series in its own folder, or pass the folder of the series you want "
@@ -157,23 +170,23 @@ def _check_one_series(folder: Path, slices: list[_Slice]) -> None:
                                  "(several series, or a localizer, in one folder)", fix)
 
 
-def _describe(group: list[_Slice]) -> str:
+def _describe(group: list[DicomSlice]) -> str:
     description = str(group[0].header.get("SeriesDescription", "") or "")
     return f"{len(group)} images" + (f", {description!r}" if description else "")
 
 
-def _pixel_spacing(s: _Slice) -> np.ndarray:
+def _pixel_spacing(s: DicomSlice) -> np.ndarray:
     """(row spacing, column spacing) in mm: PixelSpacing order."""
     return np.asarray(s.header.get("PixelSpacing", (1.0, 1.0)), dtype=np.float64)
 
 
-def _normal(s: _Slice) -> np.ndarray:
+def _normal(s: DicomSlice) -> np.ndarray:
     iop = s.orientation
     normal = np.cross(iop[:3], iop[3:])
     return normal / np.linalg.norm(normal)
 
 
-def _sort_slices(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
+def _sort_slices(folder: Path, slices: list[DicomSlice]) -> tuple[list[DicomSlice], np.ndarray]:
     """Slices ordered along the normal and the LPS vector from one slice to the next."""
     normal = _normal(slices[0])
     along = np.array([s.position @ normal for s in slices])
@@ -211,7 +224,7 @@ def _sort_slices(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.n
     return slices, step
 
 
-def _ras_affine(first: _Slice, step: np.ndarray) -> np.ndarray:
+def _ras_affine(first: DicomSlice, step: np.ndarray) -> np.ndarray:
     """Affine of the (columns i, rows j, slices k) array in RAS+ mm.
 
     DICOM: position = IPP + i * col_spacing * row_cosine + j * row_spacing * column_cosine.
@@ -226,7 +239,7 @@ def _ras_affine(first: _Slice, step: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
-def _read_hu(s: _Slice, pydicom: ModuleType) -> np.ndarray:
+def _read_hu(s: DicomSlice, pydicom: ModuleType) -> np.ndarray:
     """One slice's pixels (rows, columns) with RescaleSlope/RescaleIntercept applied."""
     ds = pydicom.dcmread(s.path)
     try:

@@ -20,12 +20,51 @@ from slicevos.errors import InputError
 
 
 @dataclass(frozen=True)
+class Code:
+    """A coded concept: code value, coding scheme designator (``SCT``: SNOMED CT), meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+def _sct(value: str, meaning: str) -> Code:
+    return Code(value, "SCT", meaning)
+
+
+# SNOMED CT codes as pydicom.sr.codedict.codes.SCT spells them (tests/test_dicom_seg.py checks
+# each); the categories are from DICOM CID 7150, the lateralities from CID 244
+ANATOMICAL_STRUCTURE = _sct("91723000", "Anatomical Structure")
+ABNORMAL_STRUCTURE = _sct("49755003", "Morphologically Abnormal Structure")
+TISSUE = _sct("85756007", "Tissue")
+RIGHT, LEFT = _sct("24028007", "Right"), _sct("7771000", "Left")
+
+
+@dataclass(frozen=True)
+class SegmentCodes:
+    """What a class is, as a DICOM-SEG segment says it: the segmented property category and
+    type, and the type's laterality modifier (right/left kidney = Kidney + Right/Left)."""
+
+    category: Code
+    type: Code
+    laterality: Code | None = None
+
+
+GENERIC_CODES = SegmentCodes(TISSUE, TISSUE)  # 3D Slicer's default for an unnamed segment
+
+
+def _organ(value: str, meaning: str, laterality: Code | None = None) -> SegmentCodes:
+    return SegmentCodes(ANATOMICAL_STRUCTURE, _sct(value, meaning), laterality)
+
+
+@dataclass(frozen=True)
 class LabelClass:
     """One foreground class. ``nsd_tolerance_mm`` is the FLARE NSD tolerance; classes with
     ``gt_slices_only`` (tubular structures cut by the field of view) are scored only on the
     axial slices where the ground truth has them. ``one_piece``: the structure is one 3D
     connected component, so post-processing may drop its stray parts (never the parts a
-    person drew; ``slicevos.inference.postprocess``); False (the default) keeps every part."""
+    person drew; ``slicevos.inference.postprocess``); False (the default) keeps every part.
+    ``codes``: the DICOM-SEG segment codes (``slicevos.io.dicom_seg``)."""
 
     id: int
     name: str
@@ -33,6 +72,7 @@ class LabelClass:
     gt_slices_only: bool = False
     color: tuple[int, int, int] = (255, 255, 0)
     one_piece: bool = False
+    codes: SegmentCodes = GENERIC_CODES
 
 
 @dataclass(frozen=True)
@@ -93,26 +133,39 @@ class LabelSchema:
 # (aorta, IVC, esophagus), and thin curved organs whose reference labels themselves come in
 # several parts on the shared real volumes (pancreas, duodenum). docs: postprocessing rules.
 _FLARE_ORGANS: tuple[LabelClass, ...] = (
-    LabelClass(1, "liver", 5.0, color=(220, 60, 60), one_piece=True),
-    LabelClass(2, "right_kidney", 3.0, color=(60, 180, 75), one_piece=True),
-    LabelClass(3, "spleen", 3.0, color=(0, 130, 200), one_piece=True),
-    LabelClass(4, "pancreas", 5.0, color=(255, 225, 25)),
-    LabelClass(5, "aorta", 2.0, gt_slices_only=True, color=(245, 130, 48)),
-    LabelClass(6, "inferior_vena_cava", 2.0, gt_slices_only=True, color=(145, 30, 180)),
-    LabelClass(7, "right_adrenal_gland", 2.0, color=(70, 240, 240), one_piece=True),
-    LabelClass(8, "left_adrenal_gland", 2.0, color=(240, 50, 230), one_piece=True),
-    LabelClass(9, "gallbladder", 2.0, color=(210, 245, 60), one_piece=True),
-    LabelClass(10, "esophagus", 3.0, gt_slices_only=True, color=(250, 190, 212)),
-    LabelClass(11, "stomach", 5.0, color=(0, 128, 128), one_piece=True),
-    LabelClass(12, "duodenum", 7.0, color=(220, 190, 255)),
-    LabelClass(13, "left_kidney", 3.0, color=(170, 110, 40), one_piece=True),
+    LabelClass(1, "liver", 5.0, color=(220, 60, 60), one_piece=True,
+               codes=_organ("10200004", "Liver")),
+    LabelClass(2, "right_kidney", 3.0, color=(60, 180, 75), one_piece=True,
+               codes=_organ("64033007", "Kidney", RIGHT)),
+    LabelClass(3, "spleen", 3.0, color=(0, 130, 200), one_piece=True,
+               codes=_organ("78961009", "Spleen")),
+    LabelClass(4, "pancreas", 5.0, color=(255, 225, 25), codes=_organ("15776009", "Pancreas")),
+    LabelClass(5, "aorta", 2.0, gt_slices_only=True, color=(245, 130, 48),
+               codes=_organ("15825003", "Aorta")),
+    LabelClass(6, "inferior_vena_cava", 2.0, gt_slices_only=True, color=(145, 30, 180),
+               codes=_organ("64131007", "Inferior vena cava")),
+    LabelClass(7, "right_adrenal_gland", 2.0, color=(70, 240, 240), one_piece=True,
+               codes=_organ("23451007", "Adrenal gland", RIGHT)),
+    LabelClass(8, "left_adrenal_gland", 2.0, color=(240, 50, 230), one_piece=True,
+               codes=_organ("23451007", "Adrenal gland", LEFT)),
+    LabelClass(9, "gallbladder", 2.0, color=(210, 245, 60), one_piece=True,
+               codes=_organ("28231008", "Gallbladder")),
+    LabelClass(10, "esophagus", 3.0, gt_slices_only=True, color=(250, 190, 212),
+               codes=_organ("32849002", "Esophagus")),
+    LabelClass(11, "stomach", 5.0, color=(0, 128, 128), one_piece=True,
+               codes=_organ("69695003", "Stomach")),
+    LabelClass(12, "duodenum", 7.0, color=(220, 190, 255), codes=_organ("38848004", "Duodenum")),
+    LabelClass(13, "left_kidney", 3.0, color=(170, 110, 40), one_piece=True,
+               codes=_organ("64033007", "Kidney", LEFT)),
 )
-_TUMOR = LabelClass(14, "tumor", 2.0, color=(255, 0, 0))
+_TUMOR = LabelClass(14, "tumor", 2.0, color=(255, 0, 0),
+                    codes=SegmentCodes(ABNORMAL_STRUCTURE, _sct("108369006", "Neoplasm")))
 
 FLARE22 = LabelSchema("flare22", _FLARE_ORGANS)
 FLARE23 = LabelSchema("flare23", (*_FLARE_ORGANS, _TUMOR))
 # Class-agnostic: every id 1..255 is an object (e.g. the 117 TotalSegmentator classes), for
-# caches that train mask propagation, where any labelled structure is a track to follow.
+# caches that train mask propagation, where any labelled structure is a track to follow; its
+# DICOM-SEG segments are generic (GENERIC_CODES: Tissue).
 OBJECTS = LabelSchema("objects", tuple(LabelClass(i, f"object_{i}") for i in range(1, 256)))
 SCHEMAS: dict[str, LabelSchema] = {s.name: s for s in (FLARE22, FLARE23, OBJECTS)}
 

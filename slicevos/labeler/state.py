@@ -26,6 +26,7 @@ from slicevos.inference.reporting.preview import organ_colours
 from slicevos.inference.reporting.report import uncertainty_list
 from slicevos.inference.session import PropagationSession
 from slicevos.inference.suggestions import suggest_slices
+from slicevos.io.dicom_seg import SegSource, dicom_seg_path, save_dicom_seg, seg_source_for
 from slicevos.io.labels import LabelSchema
 from slicevos.io.nifti import save_labels
 from slicevos.io.volume import Geometry
@@ -55,14 +56,17 @@ def hu_int16(hu: np.ndarray) -> np.ndarray:
 class Labeler:
     """One scan being labelled. ``image``: the propagator's windowed uint8 (D, C, H, W);
     ``hu``: the canonical HU volume (int16 is enough) for display; ``start_keys``: the key
-    slices of ``--labels``; ``keys``: the ones to begin with (autosaved ones when resuming)."""
+    slices of ``--labels``; ``keys``: the ones to begin with (autosaved ones when resuming);
+    ``seg_source``: the DICOM series a DICOM-SEG is saved over (None: no DICOM-SEG)."""
 
     def __init__(self, hu: np.ndarray, geometry: Geometry, image: np.ndarray, propagator: Any,
                  schema: LabelSchema, output: Path, sidecar: Sidecar,
                  start_keys: Mapping[int, np.ndarray], keys: Mapping[int, np.ndarray],
                  resumed: bool, scan_name: str,
-                 organ_keys: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> None:
+                 organ_keys: Mapping[int, Mapping[int, np.ndarray]] | None = None,
+                 seg_source: SegSource | None = None) -> None:
         self.hu, self.geometry, self.image = hu, geometry, image
+        self.seg_source = seg_source
         self.propagator, self.schema = propagator, schema
         self.output, self.sidecar = Path(output), sidecar
         self.start_keys = dict(start_keys)
@@ -302,15 +306,20 @@ class Labeler:
     def save(self) -> dict[str, Any]:
         """Write the labels in the scan's own geometry with the JSON label map (atomic); the
         map lists the key slices, empty ones too, so ``slicevos-infer --keys`` and
-        ``slicevos-label --labels`` given the saved file use the same keys."""
+        ``slicevos-label --labels`` given the saved file use the same keys. With a
+        ``seg_source`` the DICOM-SEG ``<out>_seg.dcm`` follows (none while no organ is drawn)."""
         with self.lock:
             started = time.perf_counter()
             pending = int((~self.session.up_to_date).sum())
-            path = save_labels(self.session.labels, self.geometry, self.output, self.schema,
+            labels = self.session.labels
+            path = save_labels(labels, self.geometry, self.output, self.schema,
                                key_slices=self.keys)
+            seg = (save_dicom_seg(labels, self.seg_source, dicom_seg_path(self.output),
+                                  self.schema) if self.seg_source is not None else None)
             seconds = round(time.perf_counter() - started, 3)
             self.last_save = {"path": str(Path(path).resolve()), "seconds": seconds,
-                              "pending_slices": pending, "at": time.strftime("%H:%M:%S")}
+                              "pending_slices": pending, "at": time.strftime("%H:%M:%S"),
+                              "dicom_seg": None if seg is None else str(seg.resolve())}
             self.sidecar.write_state(output=str(self.output), last_save=self.last_save)
         return self.last_save
 
@@ -359,10 +368,12 @@ class Labeler:
 
 def open_labeler(scan: str | PathLike, output: str | PathLike, schema: LabelSchema,
                  engine: str = "flow", checkpoint: str | PathLike | None = None,
-                 start_labels: str | PathLike | None = None) -> Labeler:
+                 start_labels: str | PathLike | None = None,
+                 dicom_seg: bool | None = None) -> Labeler:
     """Read the scan (NIfTI or DICOM folder), the ``--labels`` keys and the checkpoint, and
     resume the autosaved session beside ``output`` if there is one. Raises InputError with
-    the project's one-line messages for anything broken."""
+    the project's one-line messages for anything broken. ``dicom_seg``: save a DICOM-SEG too
+    (True: required; None: for a DICOM series when it can, see ``seg_source_for``)."""
     from slicevos.inference.engines import build_propagator
     from slicevos.inference.engines.flow.engine import FlowConfig
     from slicevos.inference.user_keys import read_key_slices
@@ -374,6 +385,7 @@ def open_labeler(scan: str | PathLike, output: str | PathLike, schema: LabelSche
     propagator = build_propagator(engine, checkpoint,
                                   flow=FlowConfig(flow_cache_mb=FLOW_CACHE_MB))
     volume = load_volume(scan)
+    seg_source = seg_source_for(volume, dicom_seg)
     start_keys = (read_key_slices(start_labels, volume, schema) if start_labels else {})
     image = window_volume(volume.hu, propagator.windows)
     hu = hu_int16(volume.hu)
@@ -381,4 +393,5 @@ def open_labeler(scan: str | PathLike, output: str | PathLike, schema: LabelSche
     saved, saved_organs = sidecar.load(), sidecar.load_organ_keys()
     resumed = bool(saved or saved_organs)
     return Labeler(hu, volume.geometry, image, propagator, schema, output, sidecar, start_keys,
-                   saved if resumed else start_keys, resumed, scan.name, saved_organs)
+                   saved if resumed else start_keys, resumed, scan.name, saved_organs,
+                   seg_source)

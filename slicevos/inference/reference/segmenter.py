@@ -8,7 +8,7 @@ Slices of any size are padded to the model's stride and cropped back.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 
@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from slicevos.config import from_dict
+from slicevos.errors import InputError
 from slicevos.inference.checkpoints import build_and_load, load_with_windows
 from slicevos.inference.reporting.uncertainty import label_disagreement
 from slicevos.io.labels import LabelSchema, get_schema
 from slicevos.models.reference.cps import CPSConfig, CPSPair, build_cps_pair
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
 from slicevos.preprocessing.windowing import Window
+
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -74,10 +77,22 @@ class ReferenceSegmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | PathLike, device: str | torch.device = "cpu",
-                        batch_size: int = 8, amp_dtype: torch.dtype | None = None
-                        ) -> ReferenceSegmenter:
-        """A segmenter for a reference checkpoint; ``.info`` holds its schema and windows."""
-        pair, info = load_reference_pair(path, device)
+                        batch_size: int = 8, amp_dtype: torch.dtype | None = None,
+                        backend: str = "torch") -> ReferenceSegmenter:
+        """A segmenter for a reference checkpoint; ``.info`` holds its schema and windows.
+        ``backend`` onnx runs the pair with onnxruntime on the CPU (a ``.onnx`` file from
+        ``slicevos-export`` always does; a ``.pt`` checkpoint is exported once to a cache,
+        ``slicevos.inference.onnx.runtime``)."""
+        if backend not in BACKENDS:
+            raise InputError(path, f"unknown reference backend {backend!r}",
+                             f"use one of {BACKENDS}")
+        if backend == "onnx" or Path(path).suffix == ".onnx":
+            from slicevos.inference.onnx.runtime import load_onnx_reference, reference_onnx_path
+
+            pair, info = load_onnx_reference(reference_onnx_path(path))
+            info = replace(info, path=Path(path))
+        else:
+            pair, info = load_reference_pair(path, device)
         segmenter = cls(pair, device, batch_size, amp_dtype)
         segmenter.info = info
         return segmenter

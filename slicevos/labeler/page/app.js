@@ -393,7 +393,8 @@
 
   function showSave(saved) {
     const warn = saved.pending_slices ? ` (${saved.pending_slices} slices were not propagated)` : "";
-    $("#save-path").textContent = `saved ${saved.at} in ${saved.seconds} s to ${saved.path}${warn}`;
+    const seg = saved.dicom_seg ? ` and ${saved.dicom_seg}` : "";
+    $("#save-path").textContent = `saved ${saved.at} in ${saved.seconds} s to ${saved.path}${seg}${warn}`;
   }
 
   async function poll() {
