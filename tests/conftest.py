@@ -10,6 +10,7 @@ environment (issue 13). Pinned, a trained model is bit-identical in every run.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,10 @@ import pytest
 # tests/pseudo/test_rounds.py compared a 2-thread subprocess with a 1-thread run under -n 0);
 # it also keeps several xdist workers from oversubscribing the CPU
 os.environ["OMP_NUM_THREADS"] = "1"
+# ONNX exports that the reference backend caches (slicevos.inference.onnx.runtime) go to one
+# folder per test run, shared by its xdist workers, never to the user's ~/.cache
+os.environ["SLICEVOS_CACHE"] = str(Path(tempfile.gettempdir()) / (
+    "slicevos-test-cache-" + os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))))
 import torch  # noqa: E402 (after OMP_NUM_THREADS)
 
 from slicevos.training.seeding import seed_everything  # noqa: E402

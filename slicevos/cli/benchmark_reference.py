@@ -9,6 +9,10 @@ Parts (``--parts``, default all):
   only) for the tiny (64x64) and fast (256x256) configs on phantoms.
 - ``compare``: supervised-only vs CPS with the same labeled phantoms, seed and iterations (CPS
   adds unlabeled phantoms); per-organ 3D DSC on held-out phantoms.
+- ``backends``: each network of the paper and fast configs (random init) and of the shipped
+  demo checkpoint (trained on phantoms) with PyTorch, onnxruntime fp32 and onnxruntime
+  dynamic int8, at 1 and 2 threads: ms per 512x512 slice, and the share of pixels whose
+  class agrees with PyTorch on phantom slices (and ``--real`` scans).
 """
 
 from __future__ import annotations
@@ -141,6 +145,64 @@ def part_compare(args: argparse.Namespace) -> None:
     print("training minutes: " + ", ".join(f"{m} {results[m]['_minutes']:.1f}" for m in modes))
 
 
+def _backend_networks() -> list[tuple[str, torch.nn.Module, tuple]]:
+    from slicevos.inference.reference.segmenter import load_reference_pair
+    from slicevos.preprocessing.windowing import resolve_windows
+
+    nets = []
+    for config_name in ("fast_cpu", "paper"):
+        pair = _load(config_name, "data.cache_dir=unused").model
+        for model_cfg in (pair.model_a, pair.model_b):
+            torch.manual_seed(0)
+            nets.append((f"{config_name}/{model_cfg.name}",
+                         build_model(model_cfg, FLARE22.num_classes, 3), resolve_windows()))
+    demo = CONFIGS.parents[1] / "checkpoints" / "demo_reference.pt"
+    if demo.is_file():
+        pair, info = load_reference_pair(demo)
+        nets += [(f"demo (trained)/{name}", net, info.windows)
+                 for name, net in (("a", pair.net_a), ("b", pair.net_b))]
+    return nets
+
+
+def _check_slices(windows: tuple, real: Sequence[str], count: int = 3
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed slices float (N, C, 512, 512) in [0, 1] and their relative positions."""
+    from slicevos.inference.onnx.samples import spread_slices
+    from slicevos.io.loader import load_volume
+    from slicevos.phantom import make_phantom
+    from slicevos.preprocessing.position import relative_position
+    from slicevos.preprocessing.windowing import window_volume
+
+    volumes = [make_phantom(0, PhantomConfig(shape=(count, 512, 512))).hu]
+    volumes += [load_volume(path).hu for path in real]
+    images, positions = [], []
+    for hu in volumes:
+        picked = spread_slices(len(hu), count)
+        windowed = window_volume(hu[picked][:, :512, :512], windows)
+        canvas = np.zeros((len(picked), len(windows), 512, 512), np.float32)  # pad to 512
+        canvas[..., :windowed.shape[-2], :windowed.shape[-1]] = windowed / np.float32(255)
+        images.append(canvas)
+        positions.append(relative_position(picked, len(hu)).astype(np.float32))
+    return np.concatenate(images), np.concatenate(positions)
+
+
+def part_backends(args: argparse.Namespace) -> None:
+    from slicevos.benchmarks.backends import compare_backends
+
+    print(f"\n{'network (512x512, batch 1)':<34}{'threads':>8}{'torch ms':>10}{'onnx ms':>9}"
+          f"{'x torch':>8}{'agree':>9}{'int8 ms':>9}{'x torch':>8}{'agree':>9}")
+    for name, net, windows in _backend_networks():
+        images, positions = _check_slices(windows, args.real)
+        for r in compare_backends(net, windows, images, positions, args.backend_threads,
+                                  args.repeats):
+            print(f"{name:<34}{r['threads']:>8}{r['torch_ms']:>10.0f}{r['onnx_ms']:>9.0f}"
+                  f"{r['torch_ms'] / r['onnx_ms']:>8.2f}{100 * r['onnx_agree']:>8.2f}%"
+                  f"{r['int8_ms']:>9.0f}{r['torch_ms'] / r['int8_ms']:>8.2f}"
+                  f"{100 * r['int8_agree']:>8.2f}%", flush=True)
+    print("x torch: PyTorch ms / onnxruntime ms (> 1: onnxruntime is faster); agree: pixels "
+          "whose class matches PyTorch's")
+
+
 def _body(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if "profile" in args.parts:
@@ -149,6 +211,8 @@ def _body(args: argparse.Namespace) -> int:
         part_iteration(args.timed_iterations)
     if "compare" in args.parts:
         part_compare(args)
+    if "backends" in args.parts:
+        part_backends(args)
     return 0
 
 
@@ -156,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slicevos-benchmark-reference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["profile", "iteration", "compare"],
-                        choices=("profile", "iteration", "compare"))
+                        choices=("profile", "iteration", "compare", "backends"))
+    parser.add_argument("--backend-threads", type=int, nargs="+", default=[1, 2],
+                        help="backends: thread counts")
+    parser.add_argument("--real", nargs="*", default=[], metavar="CT",
+                        help="backends: also check agreement on slices of these scans")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="profile: timed forwards")
     parser.add_argument("--timed-iterations", type=int, default=5)

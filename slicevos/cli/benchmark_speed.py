@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -137,6 +138,8 @@ def time_slicevos(image: str, config_name: str, device: str, reference: str | No
                                    work)
         report = run_case(Case("bench", Path(image), Path(tmp) / "out.nii.gz"), pipeline,
                           OutputOptions(progress=False))
+        kept = Path(image).parent / f"labels_{config_name}_{engine}_{backend}.nii.gz"
+        os.replace(Path(tmp) / "out.nii.gz", kept)  # compared across backends
     suffix = "" if backend == "torch" else f" {backend}"
     return {"method": f"slicevos {config_name} {engine}{suffix}",
             "total_s": sum(report.timing_s.values()),
@@ -181,14 +184,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _differing_voxels(folder: Path, config_name: str, engine: str, backend: str) -> int:
+    """Voxels where the ``backend`` run's labels differ from the torch run's."""
+    import nibabel as nib
+    import numpy as np
+
+    labels = [np.asarray(nib.load(folder / f"labels_{config_name}_{engine}_{b}.nii.gz").dataobj)
+              for b in ("torch", backend)]
+    return int((labels[0] != labels[1]).sum())
+
+
 def stage_table(rows: list[dict[str, Any]]) -> str:
     """Seconds per pipeline stage (load, window, reference, propagation, ...) per run."""
     stages = list(dict.fromkeys(k for r in rows for k in r.get("stages_s", {})))
-    lines = [f"{'volume':>12} {'method':<32}" + "".join(f"{s:>13}" for s in stages)]
+    lines = [f"{'volume':>12} {'method':<32}" + "".join(f"{s:>13}" for s in stages)
+             + f"{'voxels != torch':>17}"]
     for r in rows:
         if "keys" in r:
             lines.append(f"{r['volume']:>12} {r['method']:<32}" + "".join(
-                f"{r['stages_s'].get(s, 0.0):>13.2f}" for s in stages))
+                f"{r['stages_s'].get(s, 0.0):>13.2f}" for s in stages)
+                + f"{r.get('voxels_unlike_torch', '-'):>17}")
     return "\n".join(lines)
 
 
@@ -206,6 +221,9 @@ def _body(args: argparse.Namespace) -> int:
                     row = _in_fresh_process(time_slicevos, image, name, args.device,
                                             args.reference, args.propagation, args.threads,
                                             engine, backend)
+                    if backend != "torch" and "torch" in args.backends:
+                        row["voxels_unlike_torch"] = _differing_voxels(
+                            Path(image).parent, name, engine, backend)
                     rows.append({"volume": volume, **row})
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
             if args.no_baseline:

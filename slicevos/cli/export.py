@@ -45,7 +45,8 @@ def _check_volumes(paths: Sequence[str]) -> list[tuple[str, object]]:
 
     volumes = [("phantom", make_phantom(0, PhantomConfig(shape=(24, 160, 144))).hu)]
     for path in paths:
-        volumes.append((Path(path).name, load_volume(path).hu))
+        name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.name}/{Path(path).name}"
+        volumes.append((name, load_volume(path).hu))
     return volumes
 
 

@@ -158,10 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override an inference option, e.g. --set key_stride=4")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast on CUDA")
-    parser.add_argument("--backend", choices=("torch", "onnx"),
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"),
                         help="run the reference pair with PyTorch or onnxruntime (CPU; a .pt "
                         "checkpoint is exported once to ~/.cache/slicevos/onnx; a --reference "
-                        ".onnx file from slicevos-export always uses onnxruntime)")
+                        ".onnx file from slicevos-export always uses onnxruntime); default "
+                        "auto: onnx on the CPU when the onnx extra is installed")
     parser.add_argument("--tta", choices=("none", "flip_lr", "flip_lr_ud"),
                         help="flip TTA of the reference stage")
     parser.add_argument("--no-postprocess", "--no-lcc", action="store_true",

@@ -33,8 +33,9 @@ class InferenceConfig:
     Reference stage: ``key_stride`` samples one slice in that many for key-slice selection;
     an organ needs ``min_key_area`` pixels on its key slice; ``tta`` flips averaged with the
     plain prediction ("flip_lr": left-right; "flip_lr_ud": + up-down); ``batch_size`` slices per
-    reference call; ``backend`` runs the reference pair with PyTorch or, on the CPU, with
-    onnxruntime (``slicevos.inference.onnx``). Propagation: a pass stores a frame every ``memory_every`` slices, at most
+    reference call; ``backend`` runs the reference pair with PyTorch (torch) or onnxruntime
+    (onnx, CPU; ``slicevos.inference.onnx``); auto: onnx on the CPU when the onnx extra is
+    installed, else torch. Propagation: a pass stores a frame every ``memory_every`` slices, at most
     ``max_memory_frames`` of them besides the keys; ``feature_cache_slices`` bounds the per-slice
     key-feature cache (None = every slice; bounded by default so 1000-slice volumes fit);
     ``features_on_cpu`` keeps memory features in host RAM (GPU runs of long volumes);
@@ -55,7 +56,7 @@ class InferenceConfig:
     min_key_area: int = 20
     tta: str = "none"
     batch_size: int = 8
-    backend: str = "torch"
+    backend: str = "auto"
     memory_every: int = 5
     max_memory_frames: int = 8
     feature_cache_slices: int | None = 64

@@ -66,12 +66,31 @@ def resolve_windows(
     return tuple(out)
 
 
-def apply_window(hu: np.ndarray, window: Window) -> np.ndarray:
-    """Any-shape HU array -> uint8 of the same shape."""
-    scaled = (hu.astype(np.float32, copy=False) - np.float32(window.low)) * np.float32(
-        255.0 / window.width
-    )
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+CHUNK_VOXELS = 1 << 20  # windowing works through this many voxels at a time (stays in cache)
+
+
+def apply_window(hu: np.ndarray, window: Window, out: np.ndarray | None = None) -> np.ndarray:
+    """Any-shape HU array -> uint8 of the same shape (into ``out`` when given):
+    ``clip((hu - low) * 255 / width + 0.5, 0, 255)`` truncated, in float32, one chunk of the
+    first axis at a time (no volume-sized temporaries)."""
+    hu = np.asarray(hu)
+    out = np.empty(hu.shape, np.uint8) if out is None else out
+    if hu.size == 0:
+        return out
+    low, scale = np.float32(window.low), np.float32(255.0 / window.width)
+    lead = hu if hu.ndim > 1 else hu[None]
+    target = out if out.ndim > 1 else out[None]
+    step = max(1, CHUNK_VOXELS // max(1, lead[0].size))
+    buffer = np.empty((min(step, len(lead)), *lead.shape[1:]), np.float32)
+    for start in range(0, len(lead), step):
+        part = buffer[:len(lead[start:start + step])]
+        part[...] = lead[start:start + step]  # to float32 first, as the arithmetic is
+        np.subtract(part, low, out=part)
+        np.multiply(part, scale, out=part)
+        np.add(part, np.float32(0.5), out=part)
+        np.clip(part, 0, 255, out=part)
+        target[start:start + step] = part
+    return out
 
 
 def window_volume(
@@ -90,5 +109,5 @@ def window_volume(
     out = np.empty(out_shape, np.uint8)
     for c, w in enumerate(resolved):
         index = (c,) if hu.ndim == 2 else (slice(None), c)
-        out[index] = apply_window(hu, w)
+        apply_window(hu, w, out=out[index])
     return out

@@ -50,7 +50,7 @@ def _quiet() -> Iterator[None]:
     """Silence the exporter's and quantiser's progress prints, INFO logs and warnings."""
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        logging.disable(logging.INFO)
+        logging.disable(logging.WARNING)
         try:
             yield
         finally:

@@ -145,9 +145,10 @@ def reference_spec(pair: nn.Module, schema: str, windows: tuple[Window, ...], so
     batch = Dim("batch", min=1, max=MAX_BATCH)
     rows, cols = _grid_dims(stride)
     module, outputs = {
-        "pair": (pair, ("logits_a", "logits_b")), "sum": (_PairSum(pair), ("probabilities",)),
-        "net_a": (pair.net_a, ("logits",)), "net_b": (pair.net_b, ("logits",)),
-    }[part]
+        "pair": lambda: (pair, ("logits_a", "logits_b")),
+        "sum": lambda: (_PairSum(pair), ("probabilities",)),
+        "net_a": lambda: (pair.net_a, ("logits",)), "net_b": lambda: (pair.net_b, ("logits",)),
+    }[part]()
     metadata = {**_base_metadata(source, "reference", windows), "part": part,
                 "schema": schema, "num_classes": str(pair.num_classes),
                 "in_channels": str(pair.in_channels), "output_stride": str(stride)}

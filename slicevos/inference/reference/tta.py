@@ -12,8 +12,13 @@ augmentation has none (``configs/augment/default.yaml`` says why), so TTA is off
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from slicevos.inference.reference.segmenter import ReferenceSegmenter, SlicePrediction
+from slicevos.inference.reference.segmenter import (
+    ReferenceSegmenter,
+    SlicePrediction,
+    class_argmax,
+)
 from slicevos.io.labels import LabelSchema
 
 FLIP_AXES: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -68,7 +73,7 @@ class FlipTTASegmenter:
                     probs = probs[:, self.mirror]
                 total = probs if total is None else total + probs
                 disagree += out.disagreement
-            labels.append(total.argmax(1).astype(np.uint8))
+            labels.append(class_argmax(torch.from_numpy(total)).numpy().astype(np.uint8))
             disagreement.append(disagree / len(flips))
         self.last = SlicePrediction(np.concatenate(labels), None,
                                     np.concatenate(disagreement).astype(np.float32))
