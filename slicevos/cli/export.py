@@ -45,16 +45,16 @@ def _check_volumes(paths: Sequence[str]) -> list[tuple[str, object]]:
 
     volumes = [("phantom", make_phantom(0, PhantomConfig(shape=(24, 160, 144))).hu)]
     for path in paths:
-        name = Path(path).name if Path(path).is_dir() else f"{Path(path).parent.name}/{Path(path).name}"
-        volumes.append((name, load_volume(path).hu))
+        path = Path(path).resolve()
+        volumes.append((f"{path.parent.name}/{path.name}", load_volume(path).hu))
     return volumes
 
 
 def _table(checks: list) -> str:
-    lines = [f"{'graph':<22}{'slices from':<28}{'n':>4}{'max |diff|':>12}{'agreement':>11}"]
+    lines = [f"{'graph':<22}{'slices from':<40}{'n':>4}{'max |diff|':>12}{'agreement':>11}"]
     for c in checks:
         agreement = "-" if c.agreement is None else f"{100 * c.agreement:.3f}%"
-        lines.append(f"{c.graph:<22}{c.source[:27]:<28}{c.samples:>4}{c.max_abs_diff:>12.2e}"
+        lines.append(f"{c.graph:<22}{c.source[-39:]:<40}{c.samples:>4}{c.max_abs_diff:>12.2e}"
                      f"{agreement:>11}")
     return "\n".join(lines)
 

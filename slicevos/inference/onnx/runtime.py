@@ -23,6 +23,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from slicevos.errors import InputError
@@ -93,10 +94,15 @@ class OnnxReferenceModel:
 
     def __call__(self, images: torch.Tensor, positions: torch.Tensor
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Runs the slices one at a time: onnxruntime's memory arena grows to the largest
+        batch it has run (1.4 GB for 4 fast_cpu slices of 512x512 against 0.5 GB for one), and
+        one slice at a time was no slower (benchmark in docs/interoperability.md)."""
         feed = {"images": images.detach().float().contiguous().numpy(),
                 "positions": positions.detach().float().contiguous().numpy()}
-        outputs = [torch.from_numpy(o) for o in self.session.run(
-            self.outputs, {name: feed[name] for name in self.inputs})]
+        parts = [self.session.run(self.outputs, {name: feed[name][i:i + 1]
+                                                 for name in self.inputs})
+                 for i in range(len(feed["images"]))]
+        outputs = [torch.from_numpy(np.concatenate(column)) for column in zip(*parts, strict=True)]
         if self.part == "sum":
             return outputs[0].clamp_min(1e-12).log()
         return tuple(outputs) if len(outputs) == 2 else outputs[0]
