@@ -12,6 +12,7 @@ frame lies on the source image at the same position. See docs/interoperability.m
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from os import PathLike
@@ -28,6 +29,9 @@ from slicevos.io.dicom import DicomSlice, read_series_headers
 from slicevos.io.labels import Code, LabelClass, LabelSchema
 from slicevos.io.nifti import strip_nifti_suffix
 from slicevos.io.volume import Geometry, Volume
+
+# highdicom logs every module it copies at INFO; the tools log at INFO
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 SEG_SUFFIX = "_seg.dcm"
 INSTALL_FIX = 'install the DICOM-SEG extra: pip install "slicevos[dicomseg]"'
