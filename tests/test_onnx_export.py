@@ -179,7 +179,7 @@ def test_auto_backend_falls_back_to_torch_when_export_fails(monkeypatch):
     from slicevos.errors import InputError, InputWarning
     from slicevos.inference.reference.segmenter import ReferenceSegmenter
 
-    def broken(path, part="pair"):
+    def broken(path, part="pair", loaded=None):
         raise InputError(path, "the reference_pair graph does not export to ONNX (boom)", "x")
 
     monkeypatch.setattr(runtime, "reference_onnx_path", broken)

@@ -130,9 +130,11 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def reference_onnx_path(checkpoint: str | PathLike, part: str = "pair") -> Path:
+def reference_onnx_path(checkpoint: str | PathLike, part: str = "pair",
+                        loaded: tuple[Any, Any] | None = None) -> Path:
     """The ONNX graph for a reference checkpoint: itself when it is a .onnx file, else the
-    cached export (made now, once, when missing; see the module doc)."""
+    cached export (made now, once, when missing; see the module doc). ``loaded``: the
+    checkpoint's pair and ``ReferenceModelInfo`` when the caller has loaded them already."""
     checkpoint = Path(checkpoint)
     if checkpoint.suffix == ".onnx":
         return checkpoint
@@ -143,10 +145,14 @@ def reference_onnx_path(checkpoint: str | PathLike, part: str = "pair") -> Path:
     target = cache_folder() / name
     if not target.is_file():
         from slicevos.inference.onnx.export import export_graph
-        from slicevos.inference.onnx.graphs import reference_graphs
+        from slicevos.inference.onnx.graphs import reference_graphs, reference_spec
 
         log.info("exporting %s to ONNX once (cached as %s)", checkpoint, target)
-        (spec,) = reference_graphs(checkpoint, part)
+        if loaded is None:
+            (spec,) = reference_graphs(checkpoint, part)
+        else:
+            pair, info = loaded
+            spec = reference_spec(pair, info.schema.name, info.windows, checkpoint.name, part)
         export_graph(spec, target)
     return target
 

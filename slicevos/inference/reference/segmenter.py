@@ -77,7 +77,7 @@ def _onnx_pair(path: str | PathLike, fallback: tuple | None = None) -> tuple:
     from slicevos.inference.onnx.runtime import load_onnx_reference, reference_onnx_path
 
     try:
-        model, info = load_onnx_reference(reference_onnx_path(path))
+        model, info = load_onnx_reference(reference_onnx_path(path, loaded=fallback))
     except InputError as err:
         if fallback is None:
             raise
