@@ -1,8 +1,9 @@
 """Distributed data parallel through ``torchrun``; the same code runs as one plain process.
 
 ``torchrun --nproc_per_node=N tools/train_reference.py ...`` sets RANK, WORLD_SIZE and
-LOCAL_RANK; ``init_distributed`` reads them (NCCL on CUDA, gloo on CPU). Without torchrun the
-world has size 1 and no process group is created.
+LOCAL_RANK; ``init_distributed`` reads them (NCCL on CUDA, gloo on CPU). Under torchrun the
+process group is joined even with one process (``--nproc_per_node=1`` runs the multi-GPU path:
+DDP over NCCL); without torchrun the world has size 1 and no process group is created.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    process_group: bool = False  # joined one (every torchrun launch, one process included)
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +35,8 @@ class DistInfo:
 
     @property
     def is_distributed(self) -> bool:
-        return self.world_size > 1
+        """DDP, barriers and gathers are on: a world of several processes, or torchrun's."""
+        return self.world_size > 1 or self.process_group
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -56,11 +59,18 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    group = world_size > 1 or launched_by_torchrun()
+    if group and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
+                    process_group=group)
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (``torch.distributed.run``) sets TORCHELASTIC_RUN_ID in every process it starts."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def shutdown_distributed() -> None:

@@ -114,3 +114,14 @@ def test_paper_deeplab_builds_with_efficientnet_b3() -> None:
     assert model.output_stride == 16
     assert 10e6 <= n_params(model) <= 14e6
     assert "efficientnet-b3" in model.smp_model.name
+
+
+def test_paper_deeplab_has_no_trainable_parameter_without_gradient():
+    """DDP fails on trainable parameters the forward never uses (the paper's EfficientNet-B3
+    encoder keeps its classifier head): every trainable parameter gets a gradient."""
+    from slicevos.models.reference.deeplab import deeplabv3plus
+
+    net = deeplabv3plus(num_classes=3, in_channels=3, position_encoding=True)
+    net(torch.rand(2, 3, 64, 64), torch.tensor([0.25, 0.75])).sum().backward()
+    missing = [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []

@@ -61,6 +61,12 @@ class DeepLabV3Plus(nn.Module):
             decoder_aspp_dropout=p.decoder_aspp_dropout, in_channels=in_channels,
             classes=num_classes, **p.encoder_kwargs)
         self.output_stride = int(self.smp_model.encoder.output_stride)
+        # smp's EfficientNet encoders keep their classifier's conv and norm (_conv_head, _bn1),
+        # which segmentation never runs: trainable parameters without gradients break DDP
+        for unused in ("_conv_head", "_bn1"):
+            module = getattr(self.smp_model.encoder, unused, None)
+            if isinstance(module, nn.Module):
+                module.requires_grad_(False)
         self.position = (SlicePositionFiLM([p.decoder_channels], p.position_frequencies,
                                            p.position_hidden) if position_encoding else None)
 
