@@ -158,3 +158,28 @@ def crop_or_pad(image: np.ndarray, labels: np.ndarray | None, size: tuple[int, i
     if labels is not None:
         labels = np.pad(labels[slices[0], slices[1]], pads)
     return image, labels
+
+
+def to_spacing(image: np.ndarray, labels: np.ndarray | None, spacing: Sequence[float],
+               target_mm: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample a slice, uint8 (C, H, W) and labels (H, W), from its in-plane ``spacing``
+    (dy, dx) mm to ``target_mm`` pixels (linear, area when shrinking; labels nearest). No-op
+    when ``target_mm`` is None or the size would not change."""
+    if target_mm is None:
+        return image, labels
+    height, width = image.shape[-2:]
+    size = tuple(max(1, round(n * s / target_mm))
+                 for n, s in zip((height, width), spacing, strict=True))
+    if size == (height, width):
+        return image, labels
+    import cv2
+
+    shrink = size[0] < height or size[1] < width
+    mode = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    resized = cv2.resize(np.ascontiguousarray(image.transpose(1, 2, 0)), size[::-1],
+                         interpolation=mode)
+    resized = resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
+    if labels is not None:
+        labels = cv2.resize(np.ascontiguousarray(labels), size[::-1],
+                            interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(resized), labels

@@ -37,6 +37,7 @@ from slicevos.data.sampling import (
     crop_or_pad,
     foreground_center,
     split_cases,
+    to_spacing,
 )
 from slicevos.errors import InputError
 from slicevos.io.labels import LabelSchema, get_schema
@@ -55,7 +56,9 @@ class SliceDataConfig:
     ``foreground_slice_weight``: how much likelier a labeled slice holding any foreground class
     is drawn than one without (1 = uniform over slices). ``case_weights``: glob of case ids
     -> weight of each of their labeled slices (e.g. ``{"h_*": 0.5}``; unmatched cases 1;
-    ``slicevos.data.sampling.case_weight_factors``).
+    ``slicevos.data.sampling.case_weight_factors``). ``spacing_mm``: resample every slice to
+    this in-plane pixel size (mm) before augmentation, so scans of any resolution show organs
+    at one scale; the checkpoint keeps it and inference resamples the same way (None: as is).
     """
 
     cache_dir: str
@@ -71,6 +74,7 @@ class SliceDataConfig:
     unlabeled_from_labeled: bool = False
     workers: int = 0
     seed: int = 0
+    spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, list):
@@ -85,6 +89,8 @@ class SliceDataConfig:
             "val_fraction": (0 <= self.val_fraction < 1, "a fraction in [0, 1)"),
             "workers": (self.workers >= 0, "an integer >= 0"),
             "seed": (self.seed >= 0, "an integer >= 0"),
+            "spacing_mm": (self.spacing_mm is None or self.spacing_mm > 0,
+                           "a positive pixel size in mm, or null"),
         }
         check_fields(self, "data", checks)
 
@@ -151,13 +157,14 @@ class SliceDataset(AugmentedDataset):
         image, labels = self.cache.slice(key.case_id, key.z)
         if not key.with_labels:
             labels = None
+        meta = self.cache.meta(key.case_id)
+        image, labels = to_spacing(image, labels, meta["spacing"][1:], self.config.spacing_mm)
         rng = np.random.default_rng(key.seed)
         image, labels = augment_slice(self._pipeline, image, labels, int(rng.integers(SEED_BOUND)))
         center = None
         if labels is not None and rng.random() < self.config.foreground_bias:
             center = foreground_center(labels, rng)
         image, labels = crop_or_pad(image, labels, self.config.crop_size, center, rng)
-        meta = self.cache.meta(key.case_id)
         return {
             "image": torch.from_numpy(image.astype(np.float32) / 255),
             "target": None if labels is None else torch.from_numpy(labels.astype(np.int64)),

@@ -149,6 +149,7 @@ class VolumePipeline:
         uncertainty = np.full(depth, np.nan, np.float32)
         organ_key_slice: dict[int, int] = {}
         if keys is None:
+            self.reference.input_spacing = tuple(volume.spacing[1:])
             with timer("reference"), self._autocast():
                 keys, organ_key_slice = self._reference_keys(ref_image, low, high, uncertainty)
             source = "reference"

@@ -18,6 +18,8 @@ def segment_cached_volume(segmenter: SliceSegmenter, cache: SliceCache, case_id:
     """Segment every slice of a cached case: uint8 (D, H, W)."""
     image = np.asarray(cache.image(case_id))
     depth = image.shape[0]
+    if hasattr(segmenter, "input_spacing"):  # a ReferenceSegmenter resamples to its spacing
+        segmenter.input_spacing = tuple(cache.meta(case_id)["spacing"][1:])
     return segmenter.segment(image, relative_position(np.arange(depth), depth))
 
 

@@ -153,4 +153,5 @@ class ReferenceTrainer(Trainer):
             return {}
         segmenter = ReferenceSegmenter(self.module, self.device, self.config.validation.batch_size,
                                        self.amp_dtype)
+        segmenter.model_spacing_mm = self.config.data.spacing_mm
         return volume_dice(segmenter, self.data.cache, cases, self.schema)

@@ -134,12 +134,15 @@ def reference_graphs(path: str | PathLike, part: str = "pair", size: int = 64
     if part not in REFERENCE_PARTS:
         raise InputError(path, f"unknown reference part {part!r}", f"use one of {REFERENCE_PARTS}")
     pair, info = load_reference_pair(path, "cpu")
-    return [reference_spec(pair, info.schema.name, info.windows, Path(path).name, part, size)]
+    return [reference_spec(pair, info.schema.name, info.windows, Path(path).name, part, size,
+                           spacing_mm=info.spacing_mm)]
 
 
 def reference_spec(pair: nn.Module, schema: str, windows: tuple[Window, ...], source: str,
-                   part: str = "pair", size: int = 64) -> GraphSpec:
-    """The graph of a CPS pair (``part`` as in the module doc)."""
+                   part: str = "pair", size: int = 64, spacing_mm: float | None = None
+                   ) -> GraphSpec:
+    """The graph of a CPS pair (``part`` as in the module doc); ``spacing_mm``: the in-plane
+    pixel size the pair was trained at (metadata, so the runtime resamples slices to it)."""
     stride = pair.output_stride
     side = max(size // stride, 1) * stride
     batch = Dim("batch", min=1, max=MAX_BATCH)
@@ -152,6 +155,8 @@ def reference_spec(pair: nn.Module, schema: str, windows: tuple[Window, ...], so
     metadata = {**_base_metadata(source, "reference", windows), "part": part,
                 "schema": schema, "num_classes": str(pair.num_classes),
                 "in_channels": str(pair.in_channels), "output_stride": str(stride)}
+    if spacing_mm is not None:
+        metadata["spacing_mm"] = str(spacing_mm)
     inputs = {"images": torch.rand(2, pair.in_channels, side, side),
               "positions": torch.tensor([0.25, 0.75])}
     dynamic = {"images": {0: batch, 2: stride * rows, 3: stride * cols}, "positions": {0: batch}}

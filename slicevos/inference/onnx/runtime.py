@@ -113,8 +113,10 @@ def load_onnx_reference(path: str | PathLike, threads: int | None = None):
     from slicevos.inference.reference.segmenter import ReferenceModelInfo
 
     model = OnnxReferenceModel(path, threads)
+    spacing = model.metadata.get("spacing_mm")
     info = ReferenceModelInfo(get_schema(model.metadata["schema"]),
-                              windows_of(model.metadata, path), Path(path))
+                              windows_of(model.metadata, path), Path(path),
+                              None if spacing is None else float(spacing))
     return model, info
 
 
@@ -152,7 +154,8 @@ def reference_onnx_path(checkpoint: str | PathLike, part: str = "pair",
             (spec,) = reference_graphs(checkpoint, part)
         else:
             pair, info = loaded
-            spec = reference_spec(pair, info.schema.name, info.windows, checkpoint.name, part)
+            spec = reference_spec(pair, info.schema.name, info.windows, checkpoint.name, part,
+                                  spacing_mm=info.spacing_mm)
         export_graph(spec, target)
     return target
 

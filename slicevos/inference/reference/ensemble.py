@@ -69,7 +69,7 @@ def network_segmenter(pair_segmenter: ReferenceSegmenter, network: str) -> Refer
         return pair_segmenter
     seg = ReferenceSegmenter(OneNetwork(pair_segmenter.model, network), pair_segmenter.device,
                              pair_segmenter.batch_size, pair_segmenter.amp_dtype)
-    seg.info = pair_segmenter.info
+    seg.info, seg.model_spacing_mm = pair_segmenter.info, pair_segmenter.model_spacing_mm
     return seg
 
 
@@ -101,6 +101,7 @@ class ReferenceMember:
         if self.flip is not None:
             images = np.ascontiguousarray(np.flip(images, FLIP_AXES[self.flip]))
         depth = volume.num_slices
+        self.segmenter.input_spacing = tuple(volume.spacing[1:])
         labels = self.segmenter.segment(images, relative_position(np.arange(depth), depth))
         if self.flip is not None:
             labels = np.ascontiguousarray(np.flip(labels, FLIP_AXES[self.flip]))

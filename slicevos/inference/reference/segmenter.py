@@ -2,7 +2,10 @@
 
 ``ReferenceSegmenter.probabilities`` returns the mean of the two networks' softmax
 probabilities, (N, K, H, W) float32 summing to 1 over K; ``segment`` its argmax as uint8.
-Slices of any size are padded to the model's stride and cropped back.
+Slices of any size are padded to the model's stride and cropped back. A model trained at a fixed
+in-plane spacing (``ReferenceModelInfo.spacing_mm``, the training config's ``data.spacing_mm``)
+sees every slice resampled to that spacing, given the slices' own spacing
+(``ReferenceSegmenter.input_spacing``); its probabilities are resampled back to the slice grid.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class ReferenceModelInfo:
     schema: LabelSchema
     windows: tuple[Window, ...]
     path: Path | None = None
+    spacing_mm: float | None = None  # in-plane pixel size the networks were trained at
 
 
 def load_reference_pair(path: str | PathLike, device: str | torch.device = "cpu"
@@ -62,7 +66,9 @@ def load_reference_pair(path: str | PathLike, device: str | torch.device = "cpu"
     config = from_dict(CPSConfig, payload["config"]["model"], str(path))
     pair = build_and_load(path, lambda: build_cps_pair(config, schema.num_classes, len(windows)),
                           payload["model"], "slicevos-train-reference")
-    return pair.to(device).eval(), ReferenceModelInfo(schema, windows, Path(path))
+    spacing = (payload["config"].get("data") or {}).get("spacing_mm")
+    return pair.to(device).eval(), ReferenceModelInfo(
+        schema, windows, Path(path), None if spacing is None else float(spacing))
 
 
 def onnx_installed() -> bool:
@@ -87,6 +93,21 @@ def _onnx_pair(path: str | PathLike, fallback: tuple | None = None) -> tuple:
     return model, replace(info, path=Path(path))
 
 
+def resample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) to ``size``, antialiased when shrinking (as cv2's area
+    resize in training is)."""
+    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear",
+                                           align_corners=False, antialias=shrink)
+
+
+def _to_slice_grid(logits: torch.Tensor, model_grid: tuple[int, int],
+                   slice_grid: tuple[int, int]) -> torch.Tensor:
+    """Softmax of padded logits, cropped to the grid the model saw, resampled to the slice's."""
+    prob = crop_to(logits.float().softmax(1), *model_grid)
+    return prob if model_grid == slice_grid else resample(prob, slice_grid)
+
+
 class ReferenceSegmenter:
     """Runs a reference model over uint8 windowed slices.
 
@@ -103,6 +124,16 @@ class ReferenceSegmenter:
         self.amp_dtype = amp_dtype if self.device.type == "cuda" else None
         self.stride = int(getattr(model, "output_stride", 1))
         self.info: ReferenceModelInfo | None = None
+        self.model_spacing_mm: float | None = None  # the networks' training pixel size
+        self.input_spacing: tuple[float, float] | None = None  # (dy, dx) mm of the slices given
+
+    def _model_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """(h, w) the slices are resampled to before the networks see them, or None (as is)."""
+        if self.model_spacing_mm is None or self.input_spacing is None:
+            return None
+        size = tuple(max(1, round(n * s / self.model_spacing_mm))
+                     for n, s in zip((height, width), self.input_spacing, strict=True))
+        return None if size == (height, width) else size
 
     @classmethod
     def from_checkpoint(cls, path: str | PathLike, device: str | torch.device = "cpu",
@@ -125,7 +156,7 @@ class ReferenceSegmenter:
                     and onnx_installed()):
                 pair, info = _onnx_pair(path, fallback=(pair, info))
         segmenter = cls(pair, device, batch_size, amp_dtype)
-        segmenter.info = info
+        segmenter.info, segmenter.model_spacing_mm = info, info.spacing_mm
         return segmenter
 
     def _batches(self, images: np.ndarray, positions: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -142,18 +173,22 @@ class ReferenceSegmenter:
         if len(positions) != len(images):
             raise ValueError(f"{len(images)} slices but {len(positions)} positions")
         height, width = images.shape[-2:]
+        model_size = self._model_size(height, width)
         labels, probs, disagreement = [], [], []
         for batch, pos in self._batches(images, positions):
+            if model_size is not None:
+                batch = resample(batch, model_size)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 out = self.model(pad_to_multiple(batch, self.stride), pos)
             logits = out if isinstance(out, torch.Tensor) else tuple(out)
+            model_grid = tuple(batch.shape[-2:])
             if isinstance(logits, torch.Tensor):
-                mean_prob = crop_to(logits.float().softmax(1), height, width)
+                mean_prob = _to_slice_grid(logits, model_grid, (height, width))
                 disagree = torch.zeros(len(batch), device=self.device)
             else:
-                prob_a = crop_to(logits[0].float().softmax(1), height, width)
-                prob_b = crop_to(logits[1].float().softmax(1), height, width)
+                prob_a, prob_b = (_to_slice_grid(net, model_grid, (height, width))
+                                  for net in logits)
                 mean_prob = (prob_a + prob_b) / 2
                 disagree = label_disagreement(class_argmax(prob_a), class_argmax(prob_b))
             labels.append(class_argmax(mean_prob).to(torch.uint8).cpu().numpy())
