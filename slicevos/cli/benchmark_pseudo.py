@@ -18,6 +18,11 @@ Several sources may be combined. With ``--checkpoints`` the folder is first gene
 (resumable) from the sources' unlabeled images, with every network of --networks and every
 --tta flip as members (and with --engines the full pipeline per checkpoint and engine).
 
+``--variant`` takes several variants (the report is the first one's) and adds a table of their
+Spearman per member set; ``--per-pool`` scores every ``--pool`` alone in that table, with each
+variant's worst pool: the consensus default is chosen by its worst pool, not by its mean over
+pools pooled together (docs/pseudo_labels.md).
+
 True DSC of a case: mean over classes of the per-class 3D DSC, over the classes present in the
 truth or the fused label (phantoms: every schema class is annotated), or only the classes
 present in the truth (``--real``: a file may label a few organs only).
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slicevos.benchmarks.pseudo_pools import kendall, pool_names, pool_table, spearman
 from slicevos.cli.common import run_cli
 from slicevos.config import from_dict
 from slicevos.errors import InputError
@@ -51,31 +57,6 @@ OTHER_RULES = (FilterConfig(top_fraction=0.25), FilterConfig(top_fraction=0.5),
                FilterConfig(top_fraction=0.75))
 ORGAN_CUTOFFS = (0.3, 0.5, 0.7)
 Truth = Callable[[str], "tuple[np.ndarray, bool] | None"]  # case -> (labels, only truth classes)
-
-
-def _defined(x: Sequence[float], y: Sequence[float]) -> bool:
-    return len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Spearman rank correlation (rho, two-sided p); NaN for fewer than 3 pairs or a constant
-    input."""
-    if not _defined(x, y):
-        return float("nan"), float("nan")
-    from scipy.stats import spearmanr
-
-    result = spearmanr(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Kendall tau-b (tau, two-sided p); NaN like :func:`spearman`."""
-    if not _defined(x, y):
-        return float("nan"), float("nan")
-    from scipy.stats import kendalltau
-
-    result = kendalltau(x, y)
-    return float(result.statistic), float(result.pvalue)
 
 
 def phantom_seeds(dataset: Path) -> tuple[dict[str, int], PhantomConfig]:
@@ -159,31 +140,34 @@ def parse_member_sets(specs: Sequence[str] | None) -> dict[str, list[str] | None
 
 
 def _case_row(labels: np.ndarray, names: list[str], chosen: list[str] | None, schema,  # noqa: ANN001
-              truth: np.ndarray, truth_only: bool, variant: str, where: Path) -> dict:
+              truth: np.ndarray, truth_only: bool, variants: Sequence[str], where: Path) -> dict:
     if chosen is not None:
         unknown = sorted(set(chosen) - set(names))
         if unknown:
             raise InputError(where, f"members {unknown} not among {names}", "check --member-set")
         labels = labels[[names.index(n) for n in chosen]]
     fused = fuse_members(labels, schema.num_classes)
-    score = consensus_score(labels, schema.ids, variant, fused=fused)
+    scores = {v: consensus_score(labels, schema.ids, v, fused=fused) for v in variants}
+    score = scores[variants[0]]
     if truth.shape != fused.shape:
         raise InputError(where, f"truth {truth.shape} vs pseudo-label {fused.shape}",
                          "pair the pseudo folder with the dataset it was generated from")
     in_truth = set(np.unique(truth).tolist()) - {0}
     classes = sorted(in_truth if truth_only else in_truth | set(np.unique(fused).tolist()) - {0})
     dice = dice_per_class(truth, fused, classes)
-    return {"consensus": score.volume,
+    return {"consensus": score.volume, "scores": {v: x.volume for v, x in scores.items()},
             "true_dice": float(np.mean(list(dice.values()))) if dice else float("nan"),
             "pairs": [(c, score.per_class[c], dice[c]) for c in classes if c in score.present]}
 
 
 def score_cases(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """Member set name -> one row per case with ground truth: consensus, true DSC, per-class
-    (class, consensus, DSC) pairs, condition (spread pool cases) or ``""``."""
+    """Member set name -> one row per case with ground truth: consensus (first --variant),
+    scores (every --variant), true DSC, per-class (class, consensus, DSC) pairs, condition and
+    pool folder name (spread pool cases) or ``""``."""
     sources = _truth_sources(args)
     sets = parse_member_sets(args.member_set)
     conditions = {c: k for pool in args.pool or () for c, k in pool_conditions(pool).items()}
+    pools = pool_names(args.pool or ())
     rows: dict[str, list[dict]] = {name: [] for name in sets}
     for case_dir in complete_case_dirs(args.pseudo_dir):
         record = read_case_record(case_dir)
@@ -195,7 +179,8 @@ def score_cases(args: argparse.Namespace) -> dict[str, list[dict]]:
         for set_name, chosen in sets.items():
             row = _case_row(labels, names, chosen, record.schema, *found, args.variant, case_dir)
             rows[set_name].append({"case_id": record.case_id,
-                                   "condition": conditions.get(record.case_id, ""), **row})
+                                   "condition": conditions.get(record.case_id, ""),
+                                   "pool": pools.get(record.case_id, ""), **row})
     if not any(rows.values()):
         raise InputError(args.pseudo_dir, "no case has ground truth",
                          "check --pool / --phantoms / --real")
@@ -291,16 +276,24 @@ def report(rows: dict[str, list[dict]], rule: FilterConfig, good: float | None) 
     return "\n".join(lines)
 
 
-def _write_csv(path: str, rows: dict[str, list[dict]]) -> None:
+def _write_csv(path: str, rows: dict[str, list[dict]], variants: Sequence[str] = (),
+               pools: bool = False) -> None:
+    """Per case and member set; ``pool`` and one ``consensus_<variant>`` column per variant are
+    appended with ``--per-pool`` or several variants."""
+    extra = bool(pools or len(variants) > 1)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["member_set", "case_id", "condition", "consensus", "true_dice"])
+    writer.writerow(["member_set", "case_id", "condition", "consensus", "true_dice"]
+                    + (["pool", *(f"consensus_{v}" for v in variants)] if extra else []))
     writer.writerows([name, r["case_id"], r["condition"], f"{r['consensus']:.6f}",
-                      f"{r['true_dice']:.6f}"] for name, set_rows in rows.items() for r in set_rows)
+                      f"{r['true_dice']:.6f}"]
+                     + ([r["pool"], *(f"{r['scores'][v]:.6f}" for v in variants)] if extra else [])
+                     for name, set_rows in rows.items() for r in set_rows)
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _body(args: argparse.Namespace) -> int:
+    args.variant = list(dict.fromkeys(args.variant))
     if args.pool_config:
         if len(args.pool_config) != len(args.pool or ()):
             raise InputError("--pool-config", f"{len(args.pool_config)} pool config(s) for "
@@ -316,8 +309,11 @@ def _body(args: argparse.Namespace) -> int:
             else FilterConfig(top_fraction=args.top_fraction))
     rows = score_cases(args)
     print(report(rows, rule, args.good_dice))
+    if args.per_pool or len(args.variant) > 1:
+        order = list(dict.fromkeys(pool_names(args.pool or ()).values()))
+        print(pool_table(rows, args.variant, by_pool=args.per_pool, order=order))
     if args.csv:
-        _write_csv(args.csv, rows)
+        _write_csv(args.csv, rows, args.variant, args.per_pool)
     return 0
 
 
@@ -346,7 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--member-set", action="append", metavar="NAME=M1,M2,...",
                         help="score this subset of members (repeatable; default all members)")
-    parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS)
+    parser.add_argument("--variant", nargs="+", default=[DEFAULT_VARIANT], choices=VARIANTS,
+                        help=f"consensus variant(s) (default {DEFAULT_VARIANT}); the report is "
+                        "the first one's, several add a Spearman table of every variant")
+    parser.add_argument("--per-pool", action="store_true",
+                        help="score each --pool alone: Spearman per pool, variant and member "
+                        "set, and each variant's worst pool (the pools' case ids must differ)")
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument("--top-fraction", type=float, default=0.5,
                       help="acceptance rule: the best fraction of volumes (default 0.5)")

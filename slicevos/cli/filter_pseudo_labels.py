@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-organs", type=int, default=1,
                         help="organs a case must keep to be accepted (default 1)")
     parser.add_argument("--variant", choices=VARIANTS, default=DEFAULT_VARIANT,
-                        help="consensus score (default fused_dice_3d; dice_mean = DESIGN.md's "
+                        help=f"consensus score (default {DEFAULT_VARIANT}; dice_mean = DESIGN.md's "
                         "per-slice formula; paper_iou_majority = the paper code's IoU against "
                         "the majority vote)")
     parser.add_argument("--base-dataset", help="dataset folder whose labeled cases are included "

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="flips run as extra members of every checkpoint (only for networks "
                         "trained with mirroring)")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS,
-                        help="consensus score stored in case.json (default fused_dice_3d; "
+                        help=f"consensus score stored in case.json (default {DEFAULT_VARIANT}; "
                         "slicevos-filter-pseudo-labels rescores for another variant)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")

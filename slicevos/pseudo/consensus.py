@@ -10,13 +10,26 @@ binary masks (values 0, 1/M, ..., 1). ``DSC(Y_m^k, Y_avg^k)`` is the soft Dice
 ``S = sum_{v in Y_m^k} n(v)`` and ``T = sum_m |Y_m^k|``. A member that misses the organ on a
 slice where another member has it scores 0 there; both empty scores 1.
 
-``fused_dice_3d`` (the default): per class, the mean over members of the 3D Dice between
-member m's mask and the mask of the fused pseudo-label F (:func:`fuse_members`, the label that
-is written): ``2 |Y_m & F| / (|Y_m| + |F|)`` over the whole volume (both empty -> 1). It
-estimates how good the written label is, in the unit the label is judged in (3D DSC per organ);
-the per-slice formula gives the many small end slices of an organ, where members always differ
-by a pixel or two, the weight of a whole slice. Why it is the default:
-docs/pseudo_labels.md. ``slices`` does not apply to it.
+``unanimous_iou_3d`` (the default): per class, over the whole volume, the voxels where every
+member has c over the voxels where some member has c, ``|Y_1 & ... & Y_M| / |Y_1 | ... | Y_M|``
+(for two members their 3D IoU). It is the share of the organ's candidate region that no member
+contests. Unlike ``fused_dice_3d`` it has no "both empty" term (a member that misses the organ
+empties the intersection: 0) and is not anchored on a label the members voted for themselves;
+on the IoU scale (for two members IoU = DSC / (2 - DSC)) the mean over organs moves most with
+the large, well-found organs and least with small ones whose agreement says little about their
+true DSC. Chosen by its worst pool over four quality-spread pools, each graded by one generator
+(docs/pseudo_labels.md, "Per-pool benchmark"); no variant reaches a Spearman of 0.90 on every
+pool (scans truncated in z fool every member alike). ``slices`` does not apply to it.
+
+``fused_dice_3d`` (the default until the per-pool benchmark): per class, the mean over members
+of the 3D Dice between member m's mask and the mask of the fused pseudo-label F
+(:func:`fuse_members`, the label that is written): ``2 |Y_m & F| / (|Y_m| + |F|)`` over the
+whole volume (both empty -> 1). It estimates how good the written label is, in the unit the
+label is judged in (3D DSC per organ). Two weaknesses the pools showed: with two members F is
+member 0's label (every disagreement is a tie), so half of each organ's score is the constant 1;
+and a class some members have but F lacks scores the share of members that lack it (their empty
+mask "agrees" with the empty F), so a one-voxel speck of one member counts as well agreed.
+``slices`` does not apply to it.
 
 ``paper_iou_majority`` (what the paper's code did): IoU of ``Y_m^k`` against the voxel-wise
 majority vote ``Maj^k = (n(v) > M/2)``; both empty -> 1, one empty -> 0.
@@ -45,8 +58,8 @@ import numpy as np
 
 from slicevos.errors import InputError
 
-VARIANTS = ("fused_dice_3d", "dice_mean", "paper_iou_majority")
-DEFAULT_VARIANT = "fused_dice_3d"
+VARIANTS = ("unanimous_iou_3d", "fused_dice_3d", "dice_mean", "paper_iou_majority")
+DEFAULT_VARIANT = "unanimous_iou_3d"
 SLICE_RULES = ("union", "all")
 _CHUNK_VOXELS = 1 << 24  # voxels (over all members) processed at once
 
@@ -145,6 +158,17 @@ def _fused_overlap(member_labels: np.ndarray, fused: np.ndarray,
     return inter, fused_size
 
 
+def _unanimous_overlap(tally: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(inter, union)`` per label from the tally ``(M, D, num_labels, M)``: voxels where every
+    member has the label, and where at least one has it (int64, (num_labels,)). A voxel that n
+    members label c appears n times in the tallies, each time with n agreeing members."""
+    m_count = tally.shape[0]
+    per_agree = tally.sum(axis=(0, 1))                # (num_labels, M): sum over m and slices
+    inter = per_agree[:, m_count - 1] // m_count
+    union = (per_agree // np.arange(1, m_count + 1)).sum(axis=-1)
+    return inter, union
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, 1.0 where den == 0 (both masks empty)."""
     out = np.ones(num.shape, np.float64)
@@ -174,7 +198,7 @@ def consensus_score(
 ) -> ConsensusScore:
     """Consensus of M label volumes uint8 ``(M, D, H, W)`` over ``class_ids`` (see module doc).
     ``fused``: their :func:`fuse_members` label, when the caller has it (``fused_dice_3d``
-    computes it otherwise)."""
+    computes it otherwise; the other variants do not use it)."""
     if variant not in VARIANTS:
         raise InputError(None, f"unknown consensus variant {variant!r}",
                          f"use one of {list(VARIANTS)}")
@@ -193,6 +217,8 @@ def consensus_score(
             raise ValueError(f"fused label {fused.shape} vs members {member_labels.shape}")
         inter, fused_size = _fused_overlap(member_labels, fused, num_labels)
         member_size = tally.sum(axis=(1, 3))           # |Y_m| per class, (M, num_labels)
+    if variant == "unanimous_iou_3d":
+        inter, union = _unanimous_overlap(tally)
     per_class: dict[int, float] = {}
     present: list[int] = []
     for c in class_ids:
@@ -205,6 +231,9 @@ def consensus_score(
         if variant == "fused_dice_3d":
             dice = _ratio(2.0 * inter[:, c], member_size[:, c] + fused_size[c])
             per_class[c] = float(dice.mean())
+            continue
+        if variant == "unanimous_iou_3d":
+            per_class[c] = float(inter[c] / union[c])
             continue
         scores = _class_scores(tally_c, variant)
         per_class[c] = float(scores[:, on_slice].mean() if slices == "union" else scores.mean())

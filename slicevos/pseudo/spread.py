@@ -19,6 +19,10 @@ With ``split: labeled`` the condition cases go to ``imagesTr/`` + ``labelsTr/`` 
 label is the truth): a labeled validation set spread like the archive it stands for, so that
 a model is judged on the conditions its unlabeled pool holds, not only on clean scans.
 
+The ``configs/rounds/pool_*.yaml`` pools are graded by one generator each (noise, contrast and
+blur, field of view and z-truncation, tumor load): ``slicevos-benchmark-pseudo --per-pool``
+judges the consensus default on each alone, by its worst pool.
+
 Rerunning with the same config keeps the cases already written.
 """
 

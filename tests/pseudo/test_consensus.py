@@ -10,7 +10,13 @@ import pytest
 
 from slicevos.errors import InputError
 from slicevos.pseudo import consensus as consensus_module
-from slicevos.pseudo.consensus import ConsensusScore, consensus_score, fuse_members
+from slicevos.pseudo.consensus import (
+    DEFAULT_VARIANT,
+    VARIANTS,
+    ConsensusScore,
+    consensus_score,
+    fuse_members,
+)
 
 
 def members(*rows: list) -> np.ndarray:
@@ -69,7 +75,7 @@ def test_three_members_per_class_and_absent_class():
     assert paper.volume == pytest.approx(((1 + 1 / 2 + 2 / 3) / 3 + 1.0) / 2)
 
 
-@pytest.mark.parametrize("variant", ["fused_dice_3d", "dice_mean", "paper_iou_majority"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_identical_members_score_one_and_empty_case_zero(variant):
     rng = np.random.default_rng(0)
     one = rng.integers(0, 4, (5, 8, 9)).astype(np.uint8)
@@ -89,13 +95,13 @@ def test_fused_dice_3d_is_each_members_dice_against_the_written_label():
     assert fused.tolist() == [[[1, 0, 0]], [[1, 0, 0]]]
     # |F| = 2. m0: 2*2/(3+2); m1: 2*2/(2+2); m2: 2*1/(1+2)
     expected = (4 / 5 + 1 + 2 / 3) / 3
-    score = consensus_score(labels, [1, 2])
+    score = consensus_score(labels, [1, 2], "fused_dice_3d")
     assert score.variant == "fused_dice_3d" and score.per_class[1] == pytest.approx(expected)
     assert score.present == (1,) and score.per_class[2] == 1.0
     assert score.volume == pytest.approx(expected)
     # a class only one member has loses every vote: |F| = 0, that member scores 0, others 1
     m0[0][0][2] = 2
-    lone = consensus_score(members(m0, m1, m2), [1, 2])
+    lone = consensus_score(members(m0, m1, m2), [1, 2], "fused_dice_3d")
     assert lone.per_class[2] == pytest.approx(2 / 3) and lone.present == (1, 2)
 
 
@@ -104,11 +110,67 @@ def test_fused_dice_3d_matches_a_plain_computation():
     labels = rng.integers(0, 4, (5, 6, 7, 8)).astype(np.uint8)
     labels[:, :, :2] = 0
     fused = fuse_members(labels, 4)
-    score = consensus_score(labels, [1, 2, 3])
+    score = consensus_score(labels, [1, 2, 3], "fused_dice_3d")
     for c in (1, 2, 3):
         dice = [2 * ((m == c) & (fused == c)).sum() / ((m == c).sum() + (fused == c).sum())
                 for m in labels]
         assert score.per_class[c] == pytest.approx(np.mean(dice))
+
+
+def test_unanimous_iou_3d_by_hand_and_default():
+    # class 1 over two slices: m0 = 3 voxels, m1 = 2, m2 = 1; all three agree on 1 voxel
+    # (slice 1, voxel 0), some member has it on 3 voxels -> 1/3
+    m0 = [[[1, 1, 0]], [[1, 0, 0]]]
+    m1 = [[[1, 0, 0]], [[1, 0, 0]]]
+    m2 = [[[0, 0, 0]], [[1, 0, 0]]]
+    score = consensus_score(members(m0, m1, m2), [1, 2])
+    assert DEFAULT_VARIANT == "unanimous_iou_3d" and score.variant == DEFAULT_VARIANT
+    assert score.per_class[1] == pytest.approx(1 / 3) and score.present == (1,)
+    assert score.volume == pytest.approx(1 / 3)
+    # two members: their 3D IoU (intersection 2, union 3)
+    assert consensus_score(members(m0, m1), [1]).volume == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("m_count", [2, 3, 4, 6])
+def test_unanimous_iou_3d_matches_a_plain_computation(m_count):
+    rng = np.random.default_rng(m_count)
+    labels = rng.integers(0, 3, (m_count, 4, 6, 5)).astype(np.uint8)
+    labels[1:] = np.where(rng.random(labels[1:].shape) < 0.3, labels[1:], labels[:1])
+    score = consensus_score(labels, [1, 2, 3])
+    for c in (1, 2):
+        masks = labels == c
+        assert score.per_class[c] == pytest.approx(masks.all(0).sum() / masks.any(0).sum())
+    assert score.present == (1, 2) and score.per_class[3] == 1.0
+
+
+def test_a_lone_speck_is_no_agreement():
+    # members agree on class 1; one member adds a 1-voxel speck of class 2. fused_dice_3d scores
+    # the speck class (M - 1) / M, as if well agreed (the empty masks "agree" with the empty
+    # fused label); unanimous_iou_3d scores it 0
+    labels = np.zeros((4, 3, 8, 8), np.uint8)
+    labels[:, 1, 2:6, 2:6] = 1
+    labels[1:, 1, 2:6, 5] = 0                      # three members miss a column: IoU 12/16
+    speck = labels.copy()
+    speck[0, 0, 0, 0] = 2
+    assert consensus_score(speck, [1, 2], "fused_dice_3d").per_class[2] == pytest.approx(3 / 4)
+    plain, specked = (consensus_score(x, [1, 2]) for x in (labels, speck))
+    assert plain.volume == pytest.approx(12 / 16) and specked.per_class[2] == 0.0
+    assert specked.volume == pytest.approx((12 / 16 + 0) / 2)
+
+
+def test_noisier_members_score_lower():
+    # the same organ; members flip more and more voxels at random: every variant's volume score
+    # falls with the flip rate (a noisier member set scores lower)
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, 24, 24), np.uint8)
+    truth[1:5, 6:18, 6:18] = 1
+    for variant in VARIANTS:
+        scores = []
+        for rate in (0.0, 0.02, 0.08, 0.2):
+            flips = rng.random((3, *truth.shape)) < rate
+            scores.append(consensus_score(np.where(flips, 1 - truth, truth).astype(np.uint8),
+                                          [1], variant).volume)
+        assert scores[0] == 1.0 and scores == sorted(scores, reverse=True), variant
 
 
 def test_disagreement_lowers_the_score():
@@ -122,14 +184,14 @@ def test_disagreement_lowers_the_score():
         pair = np.stack([base, moved])
         assert consensus_score(pair, [1], "dice_mean").volume == pytest.approx(expected)
         # fused (ties -> member 0) = base: 3D Dice of base 1, of moved (8 - shift) / 8
-        fused_dice = consensus_score(pair, [1]).volume
+        fused_dice = consensus_score(pair, [1], "fused_dice_3d").volume
         assert fused_dice == pytest.approx((1 + (8 - shift) / 8) / 2)
 
 
 def test_chunked_counting_matches_one_chunk(monkeypatch):
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 5, (4, 7, 6, 5)).astype(np.uint8)
-    variants = ("fused_dice_3d", "dice_mean", "paper_iou_majority")
+    variants = VARIANTS
     whole = [consensus_score(labels, [1, 2, 3, 4], v) for v in variants]
     fused = fuse_members(labels, 5)
     monkeypatch.setattr(consensus_module, "_CHUNK_VOXELS", 1)    # one slice per chunk

@@ -231,6 +231,22 @@ def test_benchmark_scores_two_pools_as_one_set(setup, tmp_path, capsys):
         ("a_clean_0", "clean"), ("a_noisy_0", "noisy"), ("b_clean_0", "clean"),
         ("b_noisy_0", "noisy")]
     assert "4 volumes" in capsys.readouterr().out
+    # --per-pool: each pool scored alone, one table row per (variant, member set) with one
+    # Spearman per pool; the CSV gains the pool and every variant's score
+    assert benchmark_main([str(tmp_path / "p"), *args, "--per-pool", "--csv", str(table),
+                           "--variant", "unanimous_iou_3d", "fused_dice_3d"]) == 0
+    printed = capsys.readouterr().out
+    table_lines = printed[printed.index("== Spearman of consensus"):].splitlines()
+    assert "a_pool (2)" in table_lines[1] and "b_pool (2)" in table_lines[1]
+    assert [line.split()[:2] for line in table_lines[2:4]] == [
+        ["unanimous_iou_3d", "all"], ["fused_dice_3d", "all"]]
+    assert "worst pool per variant" in table_lines[4]
+    lines = [r.split(",") for r in table.read_text().splitlines()]
+    assert lines[0][5:] == ["pool", "consensus_unanimous_iou_3d", "consensus_fused_dice_3d"]
+    assert sorted((r[1], r[5]) for r in lines[1:]) == [
+        ("a_clean_0", "a_pool"), ("a_noisy_0", "a_pool"), ("b_clean_0", "b_pool"),
+        ("b_noisy_0", "b_pool")]
+    assert all(r[3] == r[6] for r in lines[1:])  # the first variant is the report's
     assert benchmark_main([str(tmp_path / "p"), "--pool", str(pools["a_"]), "--pool-config",
                            str(tmp_path / "a_pool.yaml"), "--pool-config",
                            str(tmp_path / "b_pool.yaml")]) == 2

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from slicevos.benchmarks.pseudo_pools import pool_spearman, pool_table
 from slicevos.cli.benchmark_pseudo import acceptance, kendall, parse_member_sets
 from slicevos.data.dataset_folder import discover_cases
 from slicevos.errors import InputError
@@ -78,10 +79,16 @@ def test_labeled_split_is_a_validation_set_spread_like_the_pool(tmp_path):
 
 
 def test_shipped_pool_configs_load():
+    pools = sorted(p.name for p in (ROOT / "configs" / "rounds").glob("pool_*.yaml"))
+    assert len(pools) >= 4
+    prefixes = set()
     for name in ("spread_pool.yaml", "spread_pool_fast.yaml", "spread_val_fast.yaml",
-                 "spread_pool_scarce.yaml"):
+                 "spread_pool_scarce.yaml", *pools):
         config = load_spread_config(ROOT / "configs" / "rounds" / name)
         assert len(plan_pool(config)) == len(config.conditions) * config.seeds_per_condition
+        if name.startswith("pool_"):  # scored together: own prefix, >= 12 cases
+            assert config.prefix and config.prefix not in prefixes and len(plan_pool(config)) >= 12
+            prefixes.add(config.prefix)
     raw = yaml.safe_load((ROOT / "configs" / "rounds" / "spread_pool.yaml").read_text())
     assert "clean" in raw["conditions"]
 
@@ -99,3 +106,24 @@ def test_acceptance_metrics_and_member_sets():
     assert parse_member_sets(["nets=ckpt0.a,ckpt0.b"]) == {"nets": ["ckpt0.a", "ckpt0.b"]}
     with pytest.raises(InputError, match="NAME=member"):
         parse_member_sets(["ckpt0.a,ckpt0.b"])
+
+
+def test_pool_table_scores_each_pool_alone():
+    # pool p: score = true DSC (rho 1) for variant "good"; "bad" reverses pool q only
+    rows = {"set": []}
+    for pool, sign in (("p", 1), ("q", -1)):
+        for k in range(4):
+            rows["set"].append({"pool": pool, "true_dice": k / 4,
+                                "scores": {"good": k, "bad": sign * k}})
+    pools, rho, counts = pool_spearman(rows, ["good", "bad"], by_pool=True)
+    assert pools == ["p", "q"] and counts == {"p": 4, "q": 4}
+    assert pool_spearman(rows, ["good"], by_pool=True, order=["q", "x"])[0] == ["q", "p"]
+    assert rho["good", "set"] == {"p": 1.0, "q": 1.0}
+    assert rho["bad", "set"] == {"p": 1.0, "q": -1.0}
+    # together the reversal of q is diluted: one column "all"
+    assert list(pool_spearman(rows, ["bad"], by_pool=False)[1]["bad", "set"]) == ["all"]
+    text = pool_table(rows, ["good", "bad"]).splitlines()
+    assert "p (4)" in text[1] and "q (4)" in text[1] and len(text) == 2 + 2 + 1 + 2
+    assert text[3].split()[:4] == ["bad", "set", "1.000", "-1.000"]
+    assert text[3].split()[4:] == ["-1.000", "0.000"]          # worst, mean
+    assert text[-1].split() == ["bad", "-1.000", "(q", "/", "set)"]
