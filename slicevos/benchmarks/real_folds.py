@@ -15,11 +15,14 @@ present in its labels (FLARE DSC and NSD, every slice):
 - ``automatic``: reference key slices, then the flow engine (``slicevos-infer --reference``);
 - ``oracle keys + flow``: the true labels on the same key slices, then flow; this separates key
   errors from propagation errors;
-- ``oracle keys + copy``: the same true keys, nearest-key copy (the simple baseline).
+- ``oracle keys + copy`` and ``oracle keys + contour``: the same true keys, nearest-key copy
+  and ITK's morphological contour interpolation (the simple baselines; the latter needs the
+  ``interp`` extra).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -86,7 +89,8 @@ def make_dataset(real_dir: Path, cases: Sequence[str], out: Path,
 
 def _train(trainer_cls: type, config_cls: type, config_path: str, out_dir: Path, cache: Path,
            iterations: int | None, assignments: Sequence[str], progress: bool) -> tuple[Path, float]:
-    """Train (or resume) one run; returns its last checkpoint and the seconds spent now."""
+    """Train (or resume) one run; returns its last checkpoint and the seconds spent training
+    it, summed over every session (``OUT_DIR/train_seconds.json``)."""
     from slicevos.cli.training_args import resolve_relative_augment
     from slicevos.config import load_config
 
@@ -96,10 +100,14 @@ def _train(trainer_cls: type, config_cls: type, config_path: str, out_dir: Path,
     config = resolve_relative_augment(load_config(config_path, config_cls,
                                                   assignments=[*assignments, *named]),
                                       Path(config_path))
-    last = out_dir / "last.pt"
+    last, clock = out_dir / "last.pt", out_dir / "train_seconds.json"
     start = time.perf_counter()
     trainer_cls(config, resume=last.is_file()).fit()
-    return last, time.perf_counter() - start
+    spent = time.perf_counter() - start
+    if clock.is_file():
+        spent += float(json.loads(clock.read_text())["seconds"])
+    atomic_write_bytes(clock, json.dumps({"seconds": spent}).encode())
+    return last, spent
 
 
 def train_reference(settings: FoldSettings, cache: Path, out_dir: Path) -> tuple[Path, float]:
@@ -126,7 +134,7 @@ def _scores(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float], schem
 
 def evaluate_reference(checkpoint: Path, case_dir: Path) -> dict[str, Any]:
     """The four rows of the module doc on one held-out scan."""
-    from slicevos.benchmarks.baselines import nearest_key_copy
+    from slicevos.benchmarks.baselines import contour_interpolation, nearest_key_copy
     from slicevos.inference.config import InferenceConfig
     from slicevos.inference.pipeline import VolumePipeline
     from slicevos.io.loader import load_volume
@@ -167,14 +175,18 @@ def evaluate_reference(checkpoint: Path, case_dir: Path) -> dict[str, Any]:
     if keys:
         timed("oracle keys + flow", lambda: pipeline.run(volume, keys=keys).labels)
         timed("oracle keys + copy", lambda: nearest_key_copy(keys, depth))
+        if importlib.util.find_spec("itk") is not None:  # the interp extra
+            timed("oracle keys + contour", lambda: contour_interpolation(keys, depth))
     return {"case": case_dir.name, "organs": [schema.by_id(c).name for c in present],
             "key_slices": [int(z) for z in auto["keys"]], "rows": rows, "seconds": timings}
 
 
 def evaluate_localizer(checkpoint: Path, case_dir: Path, organs: Sequence[str] = LOCALIZER_ORGANS,
                        threshold: float = 0.5, margin_slices: int = 3) -> dict[str, Any]:
-    """z-range error (slices) of the localizer against the organ slices of the truth, the share
-    of slices it skips, and the organ slices it loses (outside its range)."""
+    """z-range error (slices) of the localizer against the slices holding ``organs`` in the
+    truth, the share of slices it skips, and the slices it loses (outside its range): those of
+    ``organs``, and those of any label (the esophagus, aorta and IVC reach into the chest, where
+    the localizer is meant to cut)."""
     from slicevos.data.localizer_data import organ_ids
     from slicevos.inference.localizer import Localizer, predict_z_range
     from slicevos.io.labels import get_schema
@@ -191,12 +203,16 @@ def evaluate_localizer(checkpoint: Path, case_dir: Path, organs: Sequence[str] =
     depth = volume.num_slices
     low, high = found if found is not None else (0, depth)
     true_low, true_high = int(organ_slices[0]), int(organ_slices[-1]) + 1
-    lost = int(((any_organ < low) | (any_organ >= high)).sum())
+
+    def lost(slices: np.ndarray) -> int:
+        return int(((slices < low) | (slices >= high)).sum())
+
     return {"case": case_dir.name, "depth": depth, "range": [int(low), int(high)],
             "true_range": [true_low, true_high], "found": found is not None,
             "z_error_low": abs(int(low) - true_low), "z_error_high": abs(int(high) - true_high),
-            "skipped_share": 1 - (high - low) / depth, "organ_slices_lost": lost,
-            "organ_slices": int(len(any_organ))}
+            "skipped_share": 1 - (high - low) / depth,
+            "organ_slices_lost": lost(organ_slices), "organ_slices": int(len(organ_slices)),
+            "labeled_slices_lost": lost(any_organ), "labeled_slices": int(len(any_organ))}
 
 
 def run_fold(real_dir: Path, held_out: str | None, out: Path, settings: FoldSettings,

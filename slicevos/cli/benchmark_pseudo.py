@@ -16,7 +16,8 @@ regenerates the phantoms of a slicevos-make-phantoms folder;
 ``--real DIR`` reads ``DIR/<case>/label_flare.nii.gz`` (cases with >= --min-slices slices).
 Several sources may be combined. With ``--checkpoints`` the folder is first generated
 (resumable) from the sources' unlabeled images, with every network of --networks and every
---tta flip as members (and with --engines the full pipeline per checkpoint and engine).
+--tta entry (flip or slice position transform) as members (and with --engines the full
+pipeline per checkpoint and engine).
 
 ``--variant`` takes several variants (the report is the first one's) and adds a table of their
 Spearman per member set; ``--per-pool`` scores every ``--pool`` alone in that table, with each
@@ -52,6 +53,8 @@ from slicevos.pseudo.filtering import FilterConfig, score_cutoff
 from slicevos.pseudo.folder import complete_case_dirs, load_members, read_case_record
 from slicevos.pseudo.spread import TRUTH_DIR, load_spread_config, pool_conditions, write_pool
 
+# = slicevos.inference.reference.ensemble.TTA_CHOICES (not imported here: that loads torch)
+TTA_CHOICES = ("flip_lr", "flip_ud", "pos_shift_up", "pos_shift_down", "pos_none")
 REAL_IMAGE, REAL_LABELS = "ct.nii.gz", "label_flare.nii.gz"
 OTHER_RULES = (FilterConfig(top_fraction=0.25), FilterConfig(top_fraction=0.5),
                FilterConfig(top_fraction=0.75))
@@ -333,7 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--networks", nargs="+", default=["pair"], choices=("pair", "a", "b"),
                         help="members per checkpoint: the pair, or its networks a (TransUNet) "
                         "and b (DeepLabV3+) alone (default pair)")
-    parser.add_argument("--tta", nargs="*", default=[], choices=("flip_lr", "flip_ud"))
+    parser.add_argument("--tta", nargs="*", default=[], choices=TTA_CHOICES,
+                        help="with --checkpoints: extra members <member>+<tta>, flips or slice "
+                        "position transforms (pos_shift_up / pos_shift_down / pos_none)")
     parser.add_argument("--engines", nargs="+", choices=("stcn", "flow"), default=[],
                         help="with --checkpoints: also the full pipeline (reference keys + this "
                         "propagation engine) per checkpoint and engine, member ckpt<i>.<engine>")

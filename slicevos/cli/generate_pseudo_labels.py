@@ -15,6 +15,12 @@ from collections.abc import Sequence
 from slicevos.cli.common import run_cli
 from slicevos.pseudo.consensus import DEFAULT_VARIANT, VARIANTS
 
+# = slicevos.inference.reference.ensemble.TTA_CHOICES (not imported here: that loads torch)
+TTA_CHOICES = ("flip_lr", "flip_ud", "pos_shift_up", "pos_shift_down", "pos_none")
+# the pair under two shifted position readings: the best worst pool of the consensus benchmark
+# (docs/pseudo_labels.md, "Position TTA members")
+DEFAULT_TTA = ("pos_shift_up", "pos_shift_down")
+
 
 def _body(args: argparse.Namespace) -> int:
     from slicevos.inference.reference.ensemble import predict_members, reference_members
@@ -63,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--networks", nargs="+", default=["pair"], choices=("pair", "a", "b"),
                         help="members per checkpoint: the CPS pair (default), and/or its networks "
                         "a (TransUNet) and b (DeepLabV3+) alone, e.g. --networks a b")
-    parser.add_argument("--tta", nargs="*", default=[], choices=("flip_lr", "flip_ud"),
-                        help="flips run as extra members of every checkpoint (only for networks "
-                        "trained with mirroring)")
+    parser.add_argument("--tta", nargs="*", default=list(DEFAULT_TTA), choices=TTA_CHOICES,
+                        help="TTA run as extra members <member>+<tta> of every checkpoint and "
+                        "network: flips (only for networks trained with mirroring) and slice "
+                        "position transforms pos_shift_up / pos_shift_down / pos_none (p' = "
+                        "offset + scale * z/(D-1), ensemble.POSITION_TTA). Default: "
+                        f"{' '.join(DEFAULT_TTA)} (skipped for networks without a slice "
+                        "position input); --tta with no name: none")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS,
                         help=f"consensus score stored in case.json (default {DEFAULT_VARIANT}; "
                         "slicevos-filter-pseudo-labels rescores for another variant)")

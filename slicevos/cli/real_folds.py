@@ -3,7 +3,8 @@ judged leave one patient out (``slicevos.benchmarks.real_folds``); ``--final`` t
 every real volume (the checkpoint to ship, if the folds earn it).
 
 Prints, per held-out patient and organ, the FLARE DSC of the reference alone, the automatic
-pipeline (reference keys + flow), oracle keys + flow and oracle keys + nearest-key copy; then
+pipeline (reference keys + flow), oracle keys + flow, + nearest-key copy and + contour
+interpolation; then
 the localizer's z-range error. Writes OUT/results.json. A rerun resumes unfinished training.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 from slicevos.cli.common import run_cli
 from slicevos.errors import InputError
 
-ROWS = ("reference", "automatic", "oracle keys + flow", "oracle keys + copy")
+ROWS = ("reference", "automatic", "oracle keys + flow", "oracle keys + copy",
+        "oracle keys + contour")
 
 
 def _fold_table(result: dict[str, Any]) -> list[str]:
@@ -40,13 +42,15 @@ def _fold_table(result: dict[str, Any]) -> list[str]:
 def _localizer_table(results: list[dict[str, Any]]) -> list[str]:
     lines = ["\n## localizer (held-out patient)",
              "| held out | slices | true organ range | found range | z error low / high | "
-             "skipped | organ slices lost |", "|---|---|---|---|---|---|---|"]
+             "skipped | abdomen-organ slices lost | any-label slices lost | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         loc = result["localizer"]
         lines.append(f"| {loc['case']} | {loc['depth']} | {loc['true_range']} | {loc['range']} "
                      f"| {loc['z_error_low']} / {loc['z_error_high']} | "
                      f"{loc['skipped_share']:.0%} | {loc['organ_slices_lost']} of "
-                     f"{loc['organ_slices']} |")
+                     f"{loc['organ_slices']} | {loc['labeled_slices_lost']} of "
+                     f"{loc['labeled_slices']} | {result['localizer_train_seconds']:.0f} |")
     return lines
 
 

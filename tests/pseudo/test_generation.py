@@ -109,7 +109,7 @@ def test_rerun_with_other_members_redoes_cases(setup, tmp_path):
     dataset, checkpoints = setup
     out = tmp_path / "p"
     assert generate_main(_args(dataset, checkpoints, out, "--tta", "flip_ud")) == 0
-    assert generate_main(_args(dataset, checkpoints, out)) == 0
+    assert generate_main(_args(dataset, checkpoints, out, "--tta")) == 0  # no TTA
     for case_id in UNLABELED:
         record = read_case_record(out / case_id)
         assert load_members(record).shape[0] == 2
@@ -121,8 +121,17 @@ def test_rerun_with_other_members_redoes_cases(setup, tmp_path):
 
 def test_single_member_is_refused(setup, tmp_path, capsys):
     dataset, checkpoints = setup
-    assert generate_main(_args(dataset, checkpoints[:1], tmp_path / "p")) == 2
+    assert generate_main(_args(dataset, checkpoints[:1], tmp_path / "p", "--tta")) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_default_members_add_two_position_readings(setup, tmp_path):
+    """By default each checkpoint's pair also runs under the two shifted slice positions."""
+    dataset, checkpoints = setup
+    out = tmp_path / "p"
+    assert generate_main(_args(dataset, checkpoints[:1], out)) == 0
+    members = json.loads((out / UNLABELED[0] / "case.json").read_text())["members"]
+    assert members == ["ckpt0", "ckpt0+pos_shift_up", "ckpt0+pos_shift_down"]
 
 
 def test_flip_member_mirrors_the_volume_and_swaps_lateral_classes(setup):
