@@ -121,3 +121,19 @@ def test_cli_rejects_unknown_patient(capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown patient" in err and len(err.strip().splitlines()) == 1
+
+
+def test_onnx_graph_metadata_carries_the_training_pixel_size():
+    import yaml
+
+    from slicevos.config import from_dict
+    from slicevos.inference.onnx.graphs import reference_spec
+    from slicevos.models.reference.cps import CPSConfig, build_cps_pair
+    from slicevos.preprocessing.windowing import resolve_windows
+
+    model = yaml.safe_load((ROOT / "configs/reference/tiny.yaml").read_text())["model"]
+    pair = build_cps_pair(from_dict(CPSConfig, model), 14, 3)
+    windows = tuple(resolve_windows(["abdomen", "chest", "spine"]))
+    assert reference_spec(pair, "flare22", windows, "x.pt", spacing_mm=1.5).metadata[
+        "spacing_mm"] == "1.5"
+    assert "spacing_mm" not in reference_spec(pair, "flare22", windows, "x.pt").metadata

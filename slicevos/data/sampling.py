@@ -16,6 +16,7 @@ import numpy as np
 
 from slicevos.data.cache import INDEX_FILE, SliceCache
 from slicevos.errors import InputError
+from slicevos.preprocessing.spacing import resampled_size
 
 LABELED_STREAM, UNLABELED_STREAM, SPLIT_STREAM = 0, 1, 2
 SEED_BOUND = 2**63
@@ -165,12 +166,9 @@ def to_spacing(image: np.ndarray, labels: np.ndarray | None, spacing: Sequence[f
     """Resample a slice, uint8 (C, H, W) and labels (H, W), from its in-plane ``spacing``
     (dy, dx) mm to ``target_mm`` pixels (linear, area when shrinking; labels nearest). No-op
     when ``target_mm`` is None or the size would not change."""
-    if target_mm is None:
-        return image, labels
     height, width = image.shape[-2:]
-    size = tuple(max(1, round(n * s / target_mm))
-                 for n, s in zip((height, width), spacing, strict=True))
-    if size == (height, width):
+    size = resampled_size((height, width), spacing, target_mm)
+    if size is None:
         return image, labels
     import cv2
 

@@ -26,6 +26,7 @@ from slicevos.inference.reporting.uncertainty import label_disagreement
 from slicevos.io.labels import LabelSchema, get_schema
 from slicevos.models.reference.cps import CPSConfig, CPSPair, build_cps_pair
 from slicevos.preprocessing.padding import crop_to, pad_to_multiple
+from slicevos.preprocessing.spacing import resampled_size
 from slicevos.preprocessing.windowing import Window
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -129,11 +130,9 @@ class ReferenceSegmenter:
 
     def _model_size(self, height: int, width: int) -> tuple[int, int] | None:
         """(h, w) the slices are resampled to before the networks see them, or None (as is)."""
-        if self.model_spacing_mm is None or self.input_spacing is None:
+        if self.input_spacing is None:
             return None
-        size = tuple(max(1, round(n * s / self.model_spacing_mm))
-                     for n, s in zip((height, width), self.input_spacing, strict=True))
-        return None if size == (height, width) else size
+        return resampled_size((height, width), self.input_spacing, self.model_spacing_mm)
 
     @classmethod
     def from_checkpoint(cls, path: str | PathLike, device: str | torch.device = "cpu",
