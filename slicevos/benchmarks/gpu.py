@@ -214,8 +214,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     config; the ``ddp`` stage is this under torchrun."""
     import torch
 
-    from slicevos.cli.training_args import resolve_relative_augment
-    from slicevos.config import load_config
+    from slicevos.cli.training_args import load_training_config
 
     if params["kind"] == "reference":
         from slicevos.training.reference import ReferenceConfig as Config
@@ -229,8 +228,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             f"train.val_every={n}", f"train.checkpoint_every={n}", "data.val_fraction=0.0"]
     sets += [] if params.get("progress", True) else ["train.progress=false"]
     sets += params.get("sets", [])  # further KEY=VALUE overrides (none from the CLI)
-    config = resolve_relative_augment(load_config(params["config"], Config, assignments=sets),
-                                      Path(params["config"]))
+    config = load_training_config(params["config"], Config, sets)
 
     class Timed(Base):
         def _optimize(self, loss: torch.Tensor) -> torch.Tensor | None:

@@ -91,15 +91,12 @@ def _train(trainer_cls: type, config_cls: type, config_path: str, out_dir: Path,
            iterations: int | None, assignments: Sequence[str], progress: bool) -> tuple[Path, float]:
     """Train (or resume) one run; returns its last checkpoint and the seconds spent training
     it, summed over every session (``OUT_DIR/train_seconds.json``)."""
-    from slicevos.cli.training_args import resolve_relative_augment
-    from slicevos.config import load_config
+    from slicevos.cli.training_args import load_training_config
 
     named = [f"data.cache_dir={cache}", f"train.out_dir={out_dir}", f"train.progress={progress}"]
     if iterations is not None:
         named.append(f"train.iterations={iterations}")
-    config = resolve_relative_augment(load_config(config_path, config_cls,
-                                                  assignments=[*assignments, *named]),
-                                      Path(config_path))
+    config = load_training_config(config_path, config_cls, [*assignments, *named])
     last, clock = out_dir / "last.pt", out_dir / "train_seconds.json"
     start = time.perf_counter()
     trainer_cls(config, resume=last.is_file()).fit()

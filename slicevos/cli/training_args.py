@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,14 @@ def resolve_relative_augment(config: Any, config_path: Path) -> Any:
     return config
 
 
+def load_training_config(path: str | Path, config_cls: type, assignments: Sequence[str] = ()
+                         ) -> Any:
+    """A training config file with ``key=value`` overrides; a relative ``data.augment`` is
+    resolved against the file's folder."""
+    return resolve_relative_augment(load_config(path, config_cls, assignments=list(assignments)),
+                                    Path(path))
+
+
 def run_training(args: argparse.Namespace, config_cls: type, trainer_cls: Callable[..., Any],
                  extra_assignments: list[str] | None = None) -> int:
     """Load the config with the command-line overrides, train, print the last validation."""
@@ -44,8 +52,7 @@ def run_training(args: argparse.Namespace, config_cls: type, trainer_cls: Callab
              "train.iterations": args.iterations, "train.device": args.device}
     assignments = [*args.set, *(extra_assignments or []),
                    *(f"{key}={value}" for key, value in named.items() if value)]
-    config = resolve_relative_augment(load_config(args.config, config_cls,
-                                                  assignments=assignments), Path(args.config))
+    config = load_training_config(args.config, config_cls, assignments)
     try:
         metrics = trainer_cls(config, resume=args.resume,
                               allow_config_change=args.allow_config_change).fit()
