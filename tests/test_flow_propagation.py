@@ -237,22 +237,28 @@ def _disk(size: int, cy: int, cx: int, radius: float) -> np.ndarray:
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
 
 
-@pytest.mark.parametrize("outside_depth, persists", [(0.3, True), (None, False)])
+@pytest.mark.parametrize("outside_depth", [0.3, None])
+@pytest.mark.parametrize("end_profile", ["taper", "ellipse"])
 def test_a_lesion_far_from_the_other_keys_lesions_fades_like_an_absent_one(
-        outside_depth: float | None, persists: bool) -> None:
+        outside_depth: float | None, end_profile: str) -> None:
     """One class (a tumor) with a lesion at P on key 0 and another at Q, far away, on key 20:
-    with the outside floor each lesion fades over the first part of the gap as an object on
-    one key only does; with plain clipped distances (None) it vanishes next to its key."""
+    neither has a counterpart on the other key, so each fades as an object on one key only
+    does, whatever the floor of the distances: there next to its key, smaller halfway, gone
+    past 1 / 1.3 of the way."""
     hu, size = _static_volume(), 64
     first, last = np.zeros((size, size), np.uint8), np.zeros((size, size), np.uint8)
-    first[_disk(size, 16, 16, 6)] = 14
-    last[_disk(size, 48, 48, 6)] = 14
+    at_p, at_q = _disk(size, 16, 16, 6), _disk(size, 48, 48, 6)
+    first[at_p] = 14
+    last[at_q] = 14
     labels = propagate(hu, {0: first, 20: last},
-                       FlowConfig(outside_depth=outside_depth, use_confidence=False))
-    near_first, near_last = labels[2][_disk(size, 16, 16, 6)], labels[18][_disk(size, 48, 48, 6)]
-    assert bool((near_first == 14).mean() > 0.5) is persists
-    assert bool((near_last == 14).mean() > 0.5) is persists
-    assert not (labels[10] == 14).any() or persists  # gone by the middle without the floor
+                       FlowConfig(outside_depth=outside_depth, end_profile=end_profile,
+                                  use_confidence=False))
+    for z, near in ((2, at_p), (18, at_q)):
+        assert (labels[z][near] == 14).mean() > 0.8
+    for z, near in ((10, at_p), (10, at_q)):
+        area = int((labels[z][near] == 14).sum())
+        assert 0.2 * near.sum() < area < 0.9 * near.sum()
+    assert not (labels[17][at_p] == 14).any() and not (labels[3][at_q] == 14).any()
 
 
 def test_a_small_lesion_inside_its_host_is_not_swallowed_by_the_host() -> None:
@@ -267,3 +273,23 @@ def test_a_small_lesion_inside_its_host_is_not_swallowed_by_the_host() -> None:
     labels = propagate(hu, {0: first, 20: last}, FlowConfig(use_confidence=False))
     assert (labels[1][lesion] == 14).mean() > 0.5
     assert (labels[19][lesion] == 1).all()  # near the key without it, the host again
+
+
+def test_a_small_lesion_in_its_host_fades_by_its_own_size_and_the_host_closes_over_it() -> None:
+    """A 2.5-px lesion in a liver on key 0, the liver alone on key 10 and on key 20 a lesion
+    elsewhere: the lesion keeps most of its area for the first slices (it fades by its own
+    radius, not by the host's depth nor the far lesion's size), and every pixel it leaves is
+    liver, never background (the liver counts it as inside on key 0)."""
+    hu, size = _static_volume(), 64
+    liver = _disk(size, 32, 32, 24)
+    lesion, far = _disk(size, 26, 26, 2.5), _disk(size, 40, 40, 4)
+    first = np.where(liver, 1, 0).astype(np.uint8)
+    first[lesion] = 14
+    last = np.where(liver, 1, 0).astype(np.uint8)
+    last[far] = 14
+    labels = propagate(hu, {0: first, 10: np.where(liver, 1, 0).astype(np.uint8), 20: last},
+                       FlowConfig(use_confidence=False))
+    assert (labels[1][lesion] == 14).mean() > 0.7
+    assert (labels[3][lesion] == 14).mean() > 0.3
+    assert not (labels[9][lesion] == 14).any()
+    assert (labels[1:10][:, liver] != 0).all()

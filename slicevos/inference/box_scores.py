@@ -5,9 +5,9 @@ to the object count times the slice.
 Channel 0 (background) scores 0 everywhere. Channel ``c > 0`` scores ``fill[c]`` (< 0) outside
 its box and ``boxes[c]`` inside. The label channel is the argmax over channels of the scores
 divided by the channel's ``scale`` (> 0): a pixel is in an object where its score is positive,
-and where several are, the one deepest relative to its size wins (a small lesion inside its
-host organ is not swallowed by the host's depth). A channel with no box never wins (its fill
-is negative).
+and where several are, the one deepest relative to its size wins. A ``nested`` channel (a
+lesion that its organ's shape counts as inside the organ) wins wherever it is positive. A
+channel with no box never wins (its fill is negative).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ Box = tuple[slice, slice]
 class BoxScores:
     """Scores of one slice (see the module doc): ``shape`` (H, W); ``fill`` (L,) float32 with
     ``fill[0] == 0``; ``boxes`` channel -> (box, (h, w) float32 array); ``scale`` (L,) float32
-    > 0, each channel's size for the argmax (None: all 1)."""
+    > 0, each channel's size for the argmax (None: all 1); ``nested`` the channels that win
+    wherever positive."""
 
     shape: tuple[int, int]
     fill: np.ndarray
     boxes: dict[int, tuple[Box, np.ndarray]] = field(default_factory=dict)
     scale: np.ndarray | None = None
+    nested: frozenset[int] = frozenset()
 
     @property
     def channels(self) -> int:
@@ -44,11 +46,11 @@ class BoxScores:
         """:meth:`argmax` and the winning scaled score (H, W) float32 (0 on background)."""
         best = np.zeros(self.shape, np.float32)
         label = np.zeros(self.shape, np.int64)
-        for channel in sorted(self.boxes):
+        for channel in sorted(self.boxes, key=lambda c: (c in self.nested, c)):
             box, values = self.boxes[channel]
             if self.scale is not None:
                 values = values / self.scale[channel]
-            wins = values > best[box]
+            wins = values > (0 if channel in self.nested else best[box])
             best[box][wins] = values[wins]
             label[box][wins] = channel
         return label, best
@@ -87,7 +89,7 @@ class BoxScores:
         else:
             fill = weight * self.fill + (1 - weight) * other.fill
         fill[0] = 0.0
-        return BoxScores(self.shape, fill.astype(np.float32), boxes, self.scale)
+        return BoxScores(self.shape, fill.astype(np.float32), boxes, self.scale, self.nested)
 
     def dense(self) -> torch.Tensor:
         """(L, H, W) float32 tensor."""

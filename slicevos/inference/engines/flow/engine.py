@@ -21,13 +21,28 @@ and beyond the outermost keys (one direction, no disagreement to measure) it mak
 per-slice uncertainty: 1 - the mean confidence over the predicted foreground.
 
 Shapes between keys: an object on both keys of a segment is the distance-weighted mean of
-its two warped signed distances. An object on one key only scores ``-absent_depth * radius``
-(its area-equivalent radius on the key that has it) from the other side, so it shrinks on
-the way and vanishes ``1 / (1 + absent_depth)`` of the way to the key without it (None:
-``-clip``, which makes small organs vanish within a few slices of their key). Several parts
-of one object: see ``outside_depth`` in ``shapes``; where objects overlap, the argmax compares
-depths relative to each object's size (``box_scores``). Why these values:
-docs/propagation.md.
+its two warped signed distances. A part of an object with no counterpart on the segment's
+other key (the object is absent there, or no part of it lies within this part's radius:
+one of several lesions) fades on the way, by its own size, whatever else the other key
+holds. With ``t`` the fraction of the way and ``tau = 1 / (1 + absent_depth)``
+(``end_profile``):
+
+- ``erode`` (default): the other pass scores ``-min(absent_depth * r, clip)`` around it
+  (``r`` the part's area-equivalent radius), so the fused shape erodes and the part ends
+  about ``tau`` of the way (a large organ, whose distances are clipped at ``clip``, by
+  halfway); the two directions' confidences weigh that as any other fusion;
+- ``taper``: the pass that has it shrinks it about its centroid by ``(1 - t / tau) / (1 - t)``
+  (what erosion does to a disc, without the clip) and the other pass abstains around it
+  (scores just below 0);
+- ``ellipse``: shrunk by ``sqrt(1 - (t / tau)^2)``, an ellipsoid's end.
+
+``absent_depth`` None: no fading; the other side scores ``-clip`` (small organs vanish
+within a few slices of their key). Far from every part, a key's distances are floored at
+``outside_depth`` (see ``shapes``). Where objects overlap, the argmax compares depths
+relative to each object's size (``box_scores``), and an object that another holds in a
+hole on a key (a lesion in its organ) wins wherever it is positive, while the holder's
+shape counts the hole as inside, so it closes over the lesion as the lesion ends. Why
+these values: docs/propagation.md.
 
 Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry an organ on
 to the volume's end:
@@ -44,6 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,7 +67,7 @@ import torch
 
 from slicevos.config import check_fields
 from slicevos.errors import InputError
-from slicevos.inference.box_scores import BoxScores
+from slicevos.inference.box_scores import Box, BoxScores
 from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
@@ -59,12 +75,20 @@ from slicevos.inference.engines.flow.field import (
     flow_image,
     identity_map,
 )
-from slicevos.inference.engines.flow.shapes import ObjectShape, intensity_models, key_shapes
+from slicevos.inference.engines.flow.shapes import (
+    ObjectShape,
+    intensity_models,
+    key_shapes,
+    scaled_lookup,
+    unmatched_parts,
+)
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
 from slicevos.inference.tracks import TrackView
 from slicevos.preprocessing.windowing import Window, resolve_windows
 
 END_RULES = ("none", "intensity")
+END_PROFILES = ("erode", "taper", "ellipse")
+ABSTAIN = -1e-3  # the score of an object a pass leaves to the other direction (just below 0)
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,7 @@ class FlowConfig:
     intensity_sigma: float = 2.0
     end_support: float = 0.3
     absent_depth: float | None = 0.3
+    end_profile: str = "erode"
     outside_depth: float | None = 0.3
     flow_cache_mb: float = 0.0
 
@@ -96,6 +121,7 @@ class FlowConfig:
             "end_support": (0 <= self.end_support < 1, "a fraction in [0, 1)"),
             "absent_depth": (self.absent_depth is None or self.absent_depth > 0,
                              "null or a number > 0"),
+            "end_profile": (self.end_profile in END_PROFILES, f"one of {END_PROFILES}"),
             "outside_depth": (self.outside_depth is None or self.outside_depth > 0,
                               "null or a number > 0"),
             "flow_cache_mb": (self.flow_cache_mb >= 0, "a number of MB >= 0"),
@@ -158,8 +184,9 @@ class FlowPasses(PassEngine):
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[int, np.ndarray] | None = None
         self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
-        self._scale: np.ndarray | None = None
+        self._scale: dict[str, Any] | None = None
         self._region: tuple[slice, slice] | None = None
+        self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
         self._shapes.pop(z, None)
@@ -167,6 +194,7 @@ class FlowPasses(PassEngine):
         self._key_supports.clear()
         self._scale = None
         self._region = None
+        self._unmatched.clear()
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -200,11 +228,7 @@ class FlowPasses(PassEngine):
         channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
         shapes = self.shapes(start)
         ended: set[int] = set()
-        # an object on the other key only: as far outside here as it is deep inside there,
-        # so the fused shape shrinks to nothing halfway (not within a few slices of its key)
-        absent = {o: min(cfg.absent_depth * shape.radius, cfg.clip) for o, shape in
-                  (self.shapes(other).items() if other is not None else ())
-                  if o not in shapes} if cfg.absent_depth is not None else {}
+        fading, absent, zones = self._one_key_parts(start, other)
         mapping, previous = self.grid, start
         for z in order:
             if other is None and len(ended) == len(shapes):
@@ -212,31 +236,91 @@ class FlowPasses(PassEngine):
                 fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
                 fill[0] = 0.0
                 yield z, PassOutput(BoxScores((self.session.height, self.session.width), fill,
-                                              scale=self._scales(channel)))
+                                              **self._argmax_rule(channel)))
                 continue
             mapping = compose(mapping, self.flows.flow(z, previous), self.grid)
             self.session.stats.flow_fields += 1
             previous = z
             fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
             fill[0] = 0.0
-            for object_id, radius in absent.items():
-                fill[channel[object_id]] = -radius
+            for object_id, score in absent.items():
+                fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
-                               scale=self._scales(channel))
+                               **self._argmax_rule(channel))
             for object_id, shape in shapes.items():
                 if object_id in ended:
                     continue
                 if object_id in caps and (z - caps[object_id]) * step >= 0:
                     ended.add(object_id)
                     continue
-                region, warped = self._warp(shape, mapping)
+                fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
+                        if object_id in fading else None)
+                region, warped = self._warp(shape, mapping, fade)
                 if other is None and cfg.end_rule != "none" and self._ends(
                         start, object_id, shape, z, region, warped):
                     ended.add(object_id)
                     continue
                 fill[channel[object_id]] = shape.floor
+                if object_id in zones:
+                    region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
             yield z, PassOutput(scores, self._confidence(start, z, mapping))
+
+    def _one_key_parts(self, start: int, other: int | None
+                       ) -> tuple[dict[int, np.ndarray], dict[int, float],
+                                  dict[int, list[tuple[Box, float]]]]:
+        """The parts of a segment's objects on one of its keys only (module doc):
+        object -> (n,) bool, its parts on ``start`` that this pass fades (scale profiles);
+        object on ``other`` only -> this pass's score for it everywhere; object on both ->
+        (box around a part on ``other`` only, this pass's least score there)."""
+        cfg = self.config
+        if other is None or cfg.absent_depth is None:
+            return {}, {}, {}
+        here, there = self.shapes(start), self.shapes(other)
+        erode = cfg.end_profile == "erode"
+
+        def score(radius: float) -> float:
+            # erode: as far outside here as the part is deep inside there (the fused shape
+            # erodes); else abstain: the other pass fades it
+            return -min(cfg.absent_depth * radius, cfg.clip) if erode else ABSTAIN
+
+        fading = {} if erode else {
+            o: u for o, u in self._unmatched_parts(start, other).items() if u.any()}
+        absent = {o: score(shape.radius) for o, shape in there.items() if o not in here}
+        height, width = self.session.height, self.session.width
+        zones: dict[int, list[tuple[Box, float]]] = {}
+        for o, unmatched in self._unmatched_parts(other, start).items():
+            if o in here and unmatched.any():
+                parts = there[o].parts
+                zones[o] = [((slice(rows.start, min(rows.stop, height)),
+                              slice(cols.start, min(cols.stop, width))), score(radius))
+                            for (rows, cols), radius in zip(
+                                parts.zones(unmatched, there[o].top, there[o].left),
+                                parts.radii[unmatched], strict=True)]
+        return fading, absent, zones
+
+    def _unmatched_parts(self, key: int, other: int) -> dict[int, np.ndarray]:
+        """Object on ``key`` -> (n,) bool, its parts there with no counterpart on ``other``
+        (``shapes.unmatched_parts``; cached until keys change)."""
+        if (key, other) not in self._unmatched:
+            other_labels = self.session.key_masks[other]
+            there = self.shapes(other)
+            self._unmatched[key, other] = {
+                o: unmatched_parts(shape, other_labels == o if o in there else None)
+                for o, shape in self.shapes(key).items()}
+        return self._unmatched[key, other]
+
+    def _fade(self, fading: np.ndarray, t: float) -> np.ndarray:
+        """(n,) the scale of each part a fraction ``t`` of the way to the key without the
+        parts where ``fading`` is True (module doc, ``end_profile`` taper or ellipse)."""
+        tau = 1.0 / (1.0 + self.config.absent_depth)
+        if t >= tau:
+            scale = 0.0
+        elif self.config.end_profile == "ellipse":
+            scale = float(np.sqrt(1.0 - (t / tau) ** 2))
+        else:
+            scale = (1.0 - t / tau) / (1.0 - t)
+        return np.where(fading, scale, 1).astype(np.float32)
 
     def _ends(self, key: int, object_id: int, shape: ObjectShape, z: int,
               region: tuple[slice, slice], warped: np.ndarray) -> bool:
@@ -271,22 +355,27 @@ class FlowPasses(PassEngine):
                 break
         return {o: z for o, z in ends.items() if (z - start) * step > 0}
 
-    def _scales(self, channel: dict[int, int]) -> np.ndarray:
-        """(O + 1,) each object's size for the argmax: its largest radius over the keys,
-        between 1 px and ``clip`` (depths saturate there); 1 for the background."""
+    def _argmax_rule(self, channel: dict[int, int]) -> dict[str, Any]:
+        """:class:`BoxScores` ``scale``: (O + 1,) each object's size for the argmax, its
+        largest radius over the keys, between 1 px and ``clip`` (depths saturate there), 1
+        for the background; and ``nested``: the channels of objects that another object
+        holds on some key (cached until keys change)."""
         if self._scale is None:
             scale = np.ones(len(channel) + 1, np.float32)
+            nested: set[int] = set()
             for z in self.session.key_masks:
                 for object_id, shape in self.shapes(z).items():
                     c = channel[object_id]
                     scale[c] = max(scale[c], min(shape.radius, self.config.clip))
-            self._scale = scale
+                    nested.update(channel[o] for o in shape.holds if o in channel)
+            self._scale = {"scale": scale, "nested": frozenset(nested)}
         return self._scale
 
-    def _warp(self, shape: ObjectShape, mapping: np.ndarray
-              ) -> tuple[tuple[slice, slice], np.ndarray]:
+    def _warp(self, shape: ObjectShape, mapping: np.ndarray,
+              part_scales: np.ndarray | None = None) -> tuple[Box, np.ndarray]:
         """The object's distances warped onto the slice, inside the region (rows, cols) where
-        its key crop can land (the crop grown by the largest displacement over it)."""
+        its key crop can land (the crop grown by the largest displacement over it); with
+        ``part_scales`` (n,), each part shrunk about its centroid (``shapes.scaled_lookup``)."""
         height, width = shape.distance.shape
         rows = slice(shape.top, shape.top + height)
         cols = slice(shape.left, shape.left + width)
@@ -295,9 +384,15 @@ class FlowPasses(PassEngine):
         reach = int(np.ceil(np.abs(mapping[sample] - self.grid[sample]).max())) + 3
         region = (slice(max(0, rows.start - reach), min(self.session.height, rows.stop + reach)),
                   slice(max(0, cols.start - reach), min(self.session.width, cols.stop + reach)))
-        local = mapping[region] - np.array([shape.left, shape.top], np.float32)
-        warped = cv2.remap(shape.distance, np.ascontiguousarray(local), None, cv2.INTER_LINEAR,
+        local = np.ascontiguousarray(mapping[region] - np.array([shape.left, shape.top],
+                                                                np.float32))
+        scale = None
+        if part_scales is not None:
+            local, scale = scaled_lookup(shape, local, part_scales)
+        warped = cv2.remap(shape.distance, local, None, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(shape.floor))
+        if scale is not None:
+            warped = np.where(scale > 0, warped * scale, np.float32(shape.floor))
         return region, warped
 
     def _support(self, object_id: int, z: int, region: tuple[slice, slice],
@@ -357,3 +452,23 @@ class FlowPasses(PassEngine):
                 self._region = (slice(max(0, top - margin), min(height, bottom + margin)),
                                 slice(max(0, left - margin), min(width, right + margin)))
         return self._region
+
+
+def _abstain(zones: list[tuple[Box, float]], region: Box, values: np.ndarray, floor: float
+             ) -> tuple[Box, np.ndarray]:
+    """``values`` (in ``region``) grown to cover the ``zones`` (``floor`` where new) and raised
+    to at least each zone's score there: this pass leaves those places (mostly) to the other
+    direction."""
+    boxes = [box for box, _ in zones]
+    rows = slice(min(region[0].start, *(b[0].start for b in boxes)),
+                 max(region[0].stop, *(b[0].stop for b in boxes)))
+    cols = slice(min(region[1].start, *(b[1].start for b in boxes)),
+                 max(region[1].stop, *(b[1].stop for b in boxes)))
+    out = np.full((rows.stop - rows.start, cols.stop - cols.start), floor, np.float32)
+    out[region[0].start - rows.start:region[0].stop - rows.start,
+        region[1].start - cols.start:region[1].stop - cols.start] = values
+    for (zone_rows, zone_cols), score in zones:
+        view = out[zone_rows.start - rows.start:zone_rows.stop - rows.start,
+                   zone_cols.start - cols.start:zone_cols.stop - cols.start]
+        np.maximum(view, np.float32(score), out=view)
+    return (rows, cols), out

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from slicevos.data.optical_flow import signed_distance
 
@@ -31,13 +33,108 @@ from slicevos.data.optical_flow import signed_distance
 class ObjectShape:
     """One object on one key: ``distance`` crop (h, w) float32 at rows ``top`` and columns
     ``left`` of the slice; ``radius``: sqrt(area / pi) in pixels; ``floor`` (< 0) its value
-    outside the crop (module doc)."""
+    outside the crop (module doc); ``holds``: the objects in its holes there, which count as
+    inside it in ``distance``."""
 
     distance: np.ndarray
     top: int
     left: int
     radius: float
     floor: float
+    holds: frozenset[int] = frozenset()
+
+    @cached_property
+    def parts(self) -> Parts:
+        """The object's connected parts on this key (8-connected; see :class:`Parts`)."""
+        inside = self.distance > 0
+        labels, count = ndimage.label(inside, np.ones((3, 3), bool))
+        if count <= 1:
+            ys, xs = np.nonzero(inside) if count else (np.zeros(1), np.zeros(1))
+            return Parts(labels, np.zeros(inside.shape, np.int32),
+                         np.array([[xs.mean(), ys.mean()]], np.float32),
+                         np.array([np.sqrt(len(xs) / np.pi)], np.float32))
+        index = np.arange(1, count + 1)
+        ys, xs = (np.asarray(ndimage.mean(grid, labels, index), np.float32)
+                  for grid in np.indices(inside.shape))
+        areas = np.asarray(ndimage.sum(inside, labels, index), np.float32)
+        nearest = ndimage.distance_transform_edt(~inside, return_distances=False,
+                                                 return_indices=True)
+        owner = (labels[nearest[0], nearest[1]] - 1).astype(np.int32)
+        return Parts(labels, owner, np.stack([xs, ys], axis=1), np.sqrt(areas / np.pi))
+
+
+@dataclass
+class Parts:
+    """An object's parts on one key, in its crop: ``labels`` (h, w) 0 outside, 1..n; ``owner``
+    (h, w) int32 index of each pixel's nearest part; ``centres`` (n, 2) float32 (x, y);
+    ``radii`` (n,) float32 area-equivalent radii in pixels."""
+
+    labels: np.ndarray
+    owner: np.ndarray
+    centres: np.ndarray
+    radii: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.radii)
+
+    def reach(self, i: int) -> int:
+        """How far (pixels) part ``i`` may lie from its counterpart on another key: its
+        radius, at least 2."""
+        return int(np.ceil(max(2.0, float(self.radii[i]))))
+
+    def zones(self, which: np.ndarray, top: int, left: int) -> list[tuple[slice, slice]]:
+        """Boxes (slice coordinates; the crop at ``top``, ``left``) around the parts where
+        ``which`` (n,) is True, each grown by its :meth:`reach`."""
+        boxes = []
+        for i, box in enumerate(ndimage.find_objects(self.labels)):
+            if box is not None and which[i]:
+                reach = self.reach(i)
+                boxes.append((slice(max(0, top + box[0].start - reach), top + box[0].stop + reach),
+                              slice(max(0, left + box[1].start - reach),
+                                    left + box[1].stop + reach)))
+        return boxes
+
+
+def scaled_lookup(shape: ObjectShape, local: np.ndarray, part_scales: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The object with each part shrunk about its centroid: ``local`` (h', w', 2) crop
+    coordinates (x, y) of the target pixels and ``part_scales`` (n,) in [0, 1] -> where to read
+    ``shape.distance``, and (h', w') the scale to multiply what is read by (0: that part has
+    ended); each pixel follows its nearest part on the key."""
+    parts = shape.parts
+    if len(parts) == 1:
+        owner = np.zeros(local.shape[:2], np.int64)
+    else:
+        owner = cv2.remap(parts.owner.astype(np.float32), local, None, cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_REPLICATE).astype(np.int64)
+    scale = part_scales.astype(np.float32)[owner]
+    centres = parts.centres[owner]
+    lookup = centres + (local - centres) / np.maximum(scale, 1e-3)[..., None]
+    return np.ascontiguousarray(lookup, dtype=np.float32), scale
+
+
+def unmatched_parts(shape: ObjectShape, other: np.ndarray | None) -> np.ndarray:
+    """(n,) bool: the parts of ``shape`` with no counterpart in ``other`` (H, W) bool, the same
+    object's mask on the segment's other key (None: absent there): no pixel of it within
+    the part's radius (at least 2 px) of the part."""
+    parts = shape.parts
+    if other is None:
+        return np.ones(len(parts), bool)
+    unmatched = np.zeros(len(parts), bool)
+    for i, box in enumerate(ndimage.find_objects(parts.labels)):
+        if box is None:
+            unmatched[i] = True
+            continue
+        reach = parts.reach(i)
+        rows = slice(max(0, box[0].start - reach), box[0].stop + reach)
+        cols = slice(max(0, box[1].start - reach), box[1].stop + reach)
+        part = (parts.labels[rows, cols] == i + 1).astype(np.uint8)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+        near = cv2.dilate(part, kernel).astype(bool)
+        there = other[shape.top + rows.start:shape.top + rows.start + near.shape[0],
+                      shape.left + cols.start:shape.left + cols.start + near.shape[1]]
+        unmatched[i] = not (near[:there.shape[0], :there.shape[1]] & there).any()
+    return unmatched
 
 
 def key_shapes(labels: np.ndarray, clip: float,
@@ -55,6 +152,12 @@ def key_shapes(labels: np.ndarray, clip: float,
         top, bottom = max(0, rows[0] - margin), min(height, rows[-1] + margin + 1)
         left, right = max(0, cols[0] - margin), min(width, cols[-1] + margin + 1)
         crop = mask[top:bottom, left:right]
+        # other objects in the object's holes (a lesion in its organ) are inside it here,
+        # so its shape closes over them as they end; they win where they are (``holds``)
+        others = labels[top:bottom, left:right]
+        enclosed = ndimage.binary_fill_holes(crop) & ~crop & (others != 0)
+        holds = frozenset(int(o) for o in np.unique(others[enclosed]))
+        crop = crop | enclosed
         floor = -clip
         if outside_depth is not None:
             _, _, stats, _ = cv2.connectedComponentsWithStats(crop.astype(np.uint8),
@@ -65,7 +168,7 @@ def key_shapes(labels: np.ndarray, clip: float,
         # the crop border is not the object's border: pixels there are outside by >= margin
         shapes[int(object_id)] = ObjectShape(np.ascontiguousarray(distance), int(top),
                                              int(left), float(np.sqrt(mask.sum() / np.pi)),
-                                             floor)
+                                             floor, holds)
     return shapes
 
 
