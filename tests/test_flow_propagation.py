@@ -15,6 +15,7 @@ from slicevos.inference.box_scores import BoxScores
 from slicevos.inference.engines import build_propagator
 from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
 from slicevos.inference.engines.flow.field import FlowSettings
+from slicevos.inference.engines.flow.shapes import key_shapes, unmatched_parts
 from slicevos.inference.session import fuse_directions, score_channels
 from slicevos.io import FLARE22, load_labels, load_volume
 from slicevos.metrics.overlap import dice
@@ -163,6 +164,57 @@ def test_box_scores_match_their_dense_form() -> None:
     blended = fuse_directions(first, second, 3, 1, 5, weight, 1 - weight)
     dense = fuse_directions(first.dense(), second.dense(), 3, 1, 5, weight, 1 - weight)
     np.testing.assert_array_equal(score_channels(blended), score_channels(dense))
+
+
+def test_a_nested_channel_wins_wherever_it_is_positive_and_survives_blending() -> None:
+    shape = (10, 10)
+    host = np.full(shape, 20.0, np.float32)  # deep everywhere: wins any plain argmax
+    lesion = np.full(shape, -1.0, np.float32)
+    lesion[4:6, 4:6] = 0.5
+    scores = BoxScores(shape, np.array([0, -4, -4], np.float32),
+                       {1: ((slice(0, 10), slice(0, 10)), host),
+                        2: ((slice(0, 10), slice(0, 10)), lesion)},
+                       scale=np.ones(3, np.float32))
+    assert (scores.argmax()[4:6, 4:6] == 1).all()  # not nested: the host's depth wins
+    nested = BoxScores(scores.shape, scores.fill, scores.boxes, scores.scale, frozenset({2}))
+    expected = np.ones(shape, np.int64)
+    expected[4:6, 4:6] = 2
+    np.testing.assert_array_equal(nested.argmax(), expected)
+    np.testing.assert_array_equal(nested.blend(nested, 0.5).argmax(), expected)
+
+
+def test_parts_are_matched_across_keys_by_their_own_radius() -> None:
+    """A key with a large lesion and a small one far from it; the other key has the large
+    one moved by 3 px: the large one is matched, the small one is not; against an absent
+    object, every part is unmatched. Part radii and centroids are each part's own."""
+    size = 64
+    labels = np.zeros((size, size), np.uint8)
+    labels[_disk(size, 20, 20, 8)] = 14
+    labels[_disk(size, 48, 48, 2)] = 14
+    shape = key_shapes(labels, clip=24.0)[14]
+    parts = shape.parts
+    assert len(parts) == 2
+    big = int(np.argmax(parts.radii))
+    assert abs(parts.radii[big] - 8) < 1 and parts.radii[1 - big] < 3
+    centre = parts.centres[big] + [shape.left, shape.top]
+    np.testing.assert_allclose(centre, [20, 20], atol=0.5)
+    other = _disk(size, 23, 20, 8)
+    unmatched = unmatched_parts(shape, other)
+    assert not unmatched[big] and unmatched[1 - big]
+    assert unmatched_parts(shape, None).all()
+
+
+def test_an_organ_holds_the_lesion_in_its_hole_on_the_key() -> None:
+    size = 64
+    labels = np.zeros((size, size), np.uint8)
+    labels[_disk(size, 32, 32, 20)] = 1
+    labels[_disk(size, 32, 32, 4)] = 14  # in the liver
+    labels[_disk(size, 32, 56, 3)] = 2  # beside it, not held
+    shapes = key_shapes(labels, clip=24.0)
+    assert shapes[1].holds == frozenset({14})
+    assert shapes[14].holds == frozenset() and shapes[2].holds == frozenset()
+    inside = shapes[1].distance[32 - shapes[1].top, 32 - shapes[1].left]
+    assert inside > 4  # the hole counts as inside the liver
 
 
 def test_bad_input_errors() -> None:
