@@ -1,18 +1,26 @@
 """Which slices a person should check (and correct) next: the page's "check next" list and
 the report's "slices to check first".
 
-Per organ, a non-key slice ``z`` scores its expected error::
+Per organ, each slice ``w`` has an expected error::
 
-    score(z) = area(z) / max area  x  d(z)  x  (1 + doubt(z))
+    error(w) = area(w) / max area  x  d(w)  x  (1 + doubt(w))
 
-- ``area``: the organ's propagated pixels on ``z`` (what is there to be wrong);
+- ``area``: the organ's propagated pixels on ``w`` (what is there to be wrong);
 - ``d``: slices to the organ's nearest key (its own keys and the whole-slice keys): error
   grows with distance from what was drawn, and is 0 on keys;
 - ``doubt``: the session's per-organ uncertainty (the two directions' disagreement between
   keys, the warp residual beyond the outermost key).
 
-Slices just past the organ's propagated ends, within ``end_reach`` slices, score as the end
-slice would with half weight: the propagation may have stopped early. Without an organ the
+A non-key slice ``z`` scores the error a key there would remove: every slice ``w`` nearer
+to ``z`` than to its nearest key has its distance cut from ``d(w)`` to ``|w - z|``::
+
+    score(z) = sum_w area(w) / max area  x  (1 + doubt(w))  x  max(0, d(w) - |w - z|)
+
+So a key goes where it helps the most slices (the middle of a long gap, as bisection
+does, weighed by what is there), not where one slice is worst. Candidates and counted slices
+are the organ's propagated slices and those just past its ends, within ``end_reach`` slices,
+which count as the end slice would with half weight: the propagation may have stopped
+early. Without an organ the
 scores of every organ (each scaled by its own largest area) add up. Ranking: best first, a
 chosen slice suppresses its ``min_separation`` neighbours (as
 ``slicevos.inference.reporting.report.uncertainty_ranking``). Measured against bisection:
@@ -29,8 +37,8 @@ from slicevos.inference.session import PropagationSession
 
 def organ_scores(session: PropagationSession, object_id: int, end_reach: int = 3
                  ) -> np.ndarray:
-    """(D,) float64 expected-error scores of one organ (module doc); 0 on its keys, NaN where
-    not up to date."""
+    """(D,) float64 scores of one organ: the expected error a key on each slice would remove
+    (module doc); 0 on its keys."""
     depth = session.depth
     area = session.outputs.area(object_id).astype(np.float64)
     keys = np.array(session.object_key_slices(object_id), np.int64)
@@ -45,8 +53,10 @@ def organ_scores(session: PropagationSession, object_id: int, end_reach: int = 3
             z = edge + step * offset
             if 0 <= z < depth and area[z] == 0:
                 reach[z] = max(reach[z], 0.5 * area[edge])
-    scores = reach / area.max() * distance * (1.0 + doubt)
-    scores[keys] = 0.0
+    weight = reach / area.max() * (1.0 + doubt)
+    offsets = np.abs(np.arange(depth)[:, None] - np.arange(depth)[None, :])  # (z, w)
+    scores = (np.maximum(distance[None, :] - offsets, 0.0) * weight[None, :]).sum(1)
+    scores[(reach == 0) | np.isin(np.arange(depth), keys)] = 0.0  # candidates: the organ
     return scores
 
 
