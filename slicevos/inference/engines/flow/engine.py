@@ -184,7 +184,7 @@ class FlowPasses(PassEngine):
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[int, np.ndarray] | None = None
         self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
-        self._scale: dict[str, Any] | None = None
+        self._argmax: dict[str, Any] | None = None
         self._region: tuple[slice, slice] | None = None
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
 
@@ -192,7 +192,7 @@ class FlowPasses(PassEngine):
         self._shapes.pop(z, None)
         self._llr = None  # every key feeds every object's model: all supports change too
         self._key_supports.clear()
-        self._scale = None
+        self._argmax = None
         self._region = None
         self._unmatched.clear()
 
@@ -360,7 +360,7 @@ class FlowPasses(PassEngine):
         largest radius over the keys, between 1 px and ``clip`` (depths saturate there), 1
         for the background; and ``nested``: the channels of objects that another object
         holds on some key (cached until keys change)."""
-        if self._scale is None:
+        if self._argmax is None:
             scale = np.ones(len(channel) + 1, np.float32)
             nested: set[int] = set()
             for z in self.session.key_masks:
@@ -368,8 +368,8 @@ class FlowPasses(PassEngine):
                     c = channel[object_id]
                     scale[c] = max(scale[c], min(shape.radius, self.config.clip))
                     nested.update(channel[o] for o in shape.holds if o in channel)
-            self._scale = {"scale": scale, "nested": frozenset(nested)}
-        return self._scale
+            self._argmax = {"scale": scale, "nested": frozenset(nested)}
+        return self._argmax
 
     def _warp(self, shape: ObjectShape, mapping: np.ndarray,
               part_scales: np.ndarray | None = None) -> tuple[Box, np.ndarray]:
