@@ -71,7 +71,7 @@ from slicevos.inference.box_scores import Box, BoxScores
 from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
-    compose,
+    RegionMap,
     flow_image,
     identity_map,
 )
@@ -186,6 +186,7 @@ class FlowPasses(PassEngine):
         self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
         self._argmax: dict[str, Any] | None = None
         self._region: tuple[slice, slice] | None = None
+        self._local_grid: np.ndarray | None = None
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
@@ -194,6 +195,7 @@ class FlowPasses(PassEngine):
         self._key_supports.clear()
         self._argmax = None
         self._region = None
+        self._local_grid = None
         self._unmatched.clear()
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
@@ -229,7 +231,7 @@ class FlowPasses(PassEngine):
         shapes = self.shapes(start)
         ended: set[int] = set()
         fading, absent, zones = self._one_key_parts(start, other)
-        mapping, previous = self.grid, start
+        mapping, previous = self._region_map(), start
         for z in order:
             if other is None and len(ended) == len(shapes):
                 # every object has ended beyond the outermost key: the rest is background
@@ -238,7 +240,7 @@ class FlowPasses(PassEngine):
                 yield z, PassOutput(BoxScores((self.session.height, self.session.width), fill,
                                               **self._argmax_rule(channel)))
                 continue
-            mapping = compose(mapping, self.flows.flow(z, previous), self.grid)
+            mapping.step(self.flows.flow(z, previous))
             self.session.stats.flow_fields += 1
             previous = z
             fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
@@ -343,9 +345,9 @@ class FlowPasses(PassEngine):
         order = range(key + step, stop, step)
         self.flows.prefetch((z, z - step) for z in order)
         ends: dict[int, int] = {}
-        mapping, previous = self.grid, key
+        mapping, previous = self._region_map(), key
         for z in order:
-            mapping = compose(mapping, self.flows.flow(z, previous), self.grid)
+            mapping.step(self.flows.flow(z, previous))
             previous = z
             for object_id, shape in shapes.items():
                 if object_id not in ends and self._ends(key, object_id, shape, z,
@@ -371,7 +373,16 @@ class FlowPasses(PassEngine):
             self._argmax = {"scale": scale, "nested": frozenset(nested)}
         return self._argmax
 
-    def _warp(self, shape: ObjectShape, mapping: np.ndarray,
+    def _region_map(self) -> RegionMap:
+        """A fresh map of the key onto itself over the track's region (``_confidence_region``),
+        for a pass to compose flows into."""
+        region = self._confidence_region()
+        if self._local_grid is None:
+            self._local_grid = identity_map(region[0].stop - region[0].start,
+                                            region[1].stop - region[1].start)
+        return RegionMap(self.grid, region, self._local_grid)
+
+    def _warp(self, shape: ObjectShape, mapping: RegionMap,
               part_scales: np.ndarray | None = None) -> tuple[Box, np.ndarray]:
         """The object's distances warped onto the slice, inside the region (rows, cols) where
         its key crop can land (the crop grown by the largest displacement over it); with
@@ -382,8 +393,8 @@ class FlowPasses(PassEngine):
         # displacements are smooth: every 4th pixel bounds them to within a pixel or two
         sample = (slice(rows.start, rows.stop, 4), slice(cols.start, cols.stop, 4))
         reach = int(np.ceil(np.abs(mapping[sample] - self.grid[sample]).max())) + 3
-        region = (slice(max(0, rows.start - reach), min(self.session.height, rows.stop + reach)),
-                  slice(max(0, cols.start - reach), min(self.session.width, cols.stop + reach)))
+        region = mapping.clamp((slice(rows.start - reach, rows.stop + reach),
+                                slice(cols.start - reach, cols.stop + reach)))
         local = np.ascontiguousarray(mapping[region] - np.array([shape.left, shape.top],
                                                                 np.float32))
         scale = None
@@ -419,14 +430,14 @@ class FlowPasses(PassEngine):
                                                              shape.distance)
         return self._key_supports[z, object_id]
 
-    def _confidence(self, key: int, z: int, mapping: np.ndarray) -> np.ndarray | None:
+    def _confidence(self, key: int, z: int, mapping: RegionMap) -> np.ndarray | None:
         """(H, W) float32 in (0, 1]: the warp residual's confidence (module doc), computed
         within :meth:`_confidence_region` (1 outside it, where no object can be)."""
         cfg = self.config
         if not cfg.use_confidence:
             return None
-        region = self._confidence_region()
-        warped = cv2.remap(self.stack[key], np.ascontiguousarray(mapping[region]), None,
+        region = mapping.box
+        warped = cv2.remap(self.stack[key], mapping.values, None,
                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         residual = cv2.absdiff(warped, self.stack[z][region]).astype(np.float32)
         if cfg.residual_sigma > 0:
@@ -437,7 +448,8 @@ class FlowPasses(PassEngine):
 
     def _confidence_region(self, margin: int = 64) -> tuple[slice, slice]:
         """The bounding box of every object on every key of this track, grown by ``margin``
-        pixels (object boxes move less than that between keys; cached until keys change)."""
+        pixels (object boxes move less than that between keys; cached until keys change):
+        where passes compose their maps and measure confidence."""
         if self._region is None:
             boxes = [(shape.top, shape.left, shape.distance.shape) for z in
                      self.session.key_masks for shape in self.shapes(z).values()]
