@@ -1,5 +1,5 @@
-"""Which slices a person should check (and correct) next: the page's "check next" list and
-the report's "slices to check first".
+"""Which slices a person should check (and correct) next: the page's "check next" list (the
+report's "slices to check first" still ranks the session's per-slice uncertainty).
 
 Per organ, each slice ``w`` has an expected error::
 
