@@ -20,8 +20,8 @@ So a key goes where it helps the most slices (the middle of a long gap, as bisec
 does, weighed by what is there), not where one slice is worst. Candidates and counted slices
 are the organ's propagated slices and those just past its ends, within ``end_reach`` slices,
 which count as the end slice would with half weight: the propagation may have stopped
-early. Without an organ the
-scores of every organ (each scaled by its own largest area) add up. Ranking: best first, a
+early. Without an organ the scores of every organ (each scaled by its own largest area) add
+up. Ranking: best first, a
 chosen slice suppresses its ``min_separation`` neighbours (as
 ``slicevos.inference.reporting.report.uncertainty_ranking``). Measured against bisection:
 docs/labeling.md.
