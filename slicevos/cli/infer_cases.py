@@ -142,7 +142,7 @@ def run_case(case: Case, pipeline: VolumePipeline, options: OutputOptions,
         timing_s=dict(timer.seconds), memory_mb=memory_summary(meter),
         organs=organ_statistics(result.labels, volume.spacing, pipeline.schema),
         checkpoints=checkpoints or {}, config=asdict(pipeline.config))
-    report.set_uncertainty(result.slice_uncertainty)
+    report.set_uncertainty(result.slice_uncertainty, ranked=result.slices_to_check)
     _write_outputs(case, volume, result, report, pipeline, options, seg_source)
     return report
 

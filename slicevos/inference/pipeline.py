@@ -46,11 +46,13 @@ from slicevos.inference.postprocess import clean_components
 from slicevos.inference.reference.key_slices import select_key_slices
 from slicevos.inference.reference.segmenter import ReferenceSegmenter
 from slicevos.inference.reference.tta import FlipTTASegmenter
+from slicevos.inference.suggestions import suggest_slices
 from slicevos.io.labels import LabelSchema
 from slicevos.io.volume import Volume
 from slicevos.preprocessing.windowing import Window, window_volume
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECK_FIRST = 5  # slices the report lists to check first
 
 
 @dataclass
@@ -59,7 +61,10 @@ class PipelineResult:
     ``key_source`` "reference" or "user"; ``organ_key_slice`` class id -> its key slice
     (automatic mode); ``z_range`` the processed half-open range; ``slice_uncertainty`` (D,)
     float32 (NaN: not processed); ``uncertainty_map`` uint8 (D, H, W) 255 where the two
-    propagation directions disagree (only when asked for)."""
+    propagation directions disagree (only when asked for); ``slices_to_check`` canonical z,
+    best first: with user keys, where a new key would remove the most expected error
+    (:func:`~slicevos.inference.suggestions.suggest_slices`, the labeller's "check next"
+    rule); with reference keys, empty (rank ``slice_uncertainty``: the keys are guesses too)."""
 
     labels: np.ndarray
     key_slices: list[int]
@@ -68,6 +73,7 @@ class PipelineResult:
     slice_uncertainty: np.ndarray
     organ_key_slice: dict[int, int] = field(default_factory=dict)
     uncertainty_map: np.ndarray | None = None
+    slices_to_check: list[int] = field(default_factory=list)
 
 
 def _no_timer(_stage: str) -> nullcontext:
@@ -161,6 +167,7 @@ class VolumePipeline:
         labels = np.zeros(volume.shape, np.uint8)
         keep_map = self.propagator.keep_disagreement_map
         disagreement = np.zeros(volume.shape, np.uint8) if keep_map else None
+        to_check: list[int] = []
         if keys:
             with timer("propagation"), self._autocast():
                 session = self.propagator.start(image[low:high])
@@ -174,6 +181,8 @@ class VolumePipeline:
                 uncertainty[low:high][unset] = propagated[unset]
                 if disagreement is not None:
                     disagreement[low:high] = session.direction_disagreement_map()
+                if source == "user":
+                    to_check = [low + z for z in suggest_slices(session, k=CHECK_FIRST)]
         else:
             warn_input(volume.path, "no organ found on any sampled slice; the output is empty",
                        "check the input is an abdominal CT, or lower inference.min_key_area")
@@ -184,7 +193,7 @@ class VolumePipeline:
                 for z, mask in (drawn or {}).items():
                     labels[z] = mask
         return PipelineResult(labels, sorted(int(z) for z in keys), source, (low, high),
-                              uncertainty, organ_key_slice, disagreement)
+                              uncertainty, organ_key_slice, disagreement, to_check)
 
     def _localize(self, volume: Volume, ref_image: np.ndarray) -> tuple[int, int]:
         cfg = self.config

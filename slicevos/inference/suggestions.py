@@ -1,5 +1,6 @@
-"""Which slices a person should check (and correct) next: the page's "check next" list (the
-report's "slices to check first" still ranks the session's per-slice uncertainty).
+"""Which slices a person should check (and correct) next: the page's "check next" list, and
+the report's "slices to check first" when the keys were drawn (``slicevos-infer --keys``;
+with reference keys the report ranks per-slice uncertainty, since the keys may be wrong too).
 
 Per organ, each slice ``w`` has an expected error::
 

@@ -21,8 +21,9 @@ from slicevos.inference.reporting.report import (
     uncertainty_ranking,
     write_report,
 )
+from slicevos.inference.pipeline import VolumePipeline
 from slicevos.io.labels import FLARE22
-from slicevos.io.volume import Geometry
+from slicevos.io.volume import Geometry, Volume
 from slicevos.metrics.efficiency import EfficiencyMeter
 
 
@@ -176,3 +177,25 @@ def test_stage_timer_synchronises_a_cuda_device(monkeypatch):
     with StageTimer(device="cpu")("propagation"):
         pass
     assert len(calls) == 2
+
+
+def test_drawn_keys_rank_slices_by_the_check_next_rule_not_the_far_end() -> None:
+    """A liver tube on slices 0-59 drawn on slice 5 only: the report's first slice to check
+    splits the long undrawn run (as bisection would), where the old per-slice uncertainty
+    ranking, which grows with distance from the key, put the far end first."""
+    depth, size = 60, 48
+    hu = np.full((depth, size, size), -100.0, np.float32)
+    truth = np.zeros((depth, size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    disk = (yy - 24) ** 2 + (xx - 24) ** 2 <= 64
+    hu[:, disk], truth[:, disk] = 120.0, FLARE22.id_of("liver")
+    hu += np.random.default_rng(0).normal(0, 5, hu.shape).astype(np.float32)
+    volume = Volume(hu, Geometry(np.diag([-1.0, -1.0, 2.0, 1.0]), (size, size, depth)))
+    result = VolumePipeline.from_checkpoints(None, schema=FLARE22).run(volume, {5: truth[5]})
+    assert result.slices_to_check and 5 not in result.slices_to_check
+    assert 20 <= result.slices_to_check[0] <= 45, result.slices_to_check
+    assert uncertainty_ranking(result.slice_uncertainty)[0] > 45  # the old rule: the far end
+    report = _report(depth)
+    report.set_uncertainty(result.slice_uncertainty, ranked=result.slices_to_check)
+    assert report.slices_to_correct == result.slices_to_check[:5]
+

@@ -148,8 +148,9 @@ class CaseReport:
 
     ``processed_z_range``: [first, last] slices the localizer kept (None: all). ``key_source``:
     ``reference`` (automatic mode) or ``user`` (semi-automatic). ``per_slice_uncertainty``:
-    length D, None for slices not processed. ``slices_to_correct``: from
-    :func:`uncertainty_ranking`. ``memory_mb``: :func:`memory_summary`. ``organs``:
+    length D, None for slices not processed. ``slices_to_correct``: with user keys, where a
+    new key removes the most expected error (``slicevos.inference.suggestions``); with
+    reference keys, from :func:`uncertainty_ranking`. ``memory_mb``: :func:`memory_summary`. ``organs``:
     :func:`organ_statistics`. ``checkpoints``: role -> path. ``config``: JSON-able settings.
     """
 
@@ -195,12 +196,16 @@ class CaseReport:
                              f"{depth} slices")
         self.checkpoints = {k: str(v) for k, v in self.checkpoints.items()}
 
-    def set_uncertainty(self, per_slice: np.ndarray, k: int = 5, min_separation: int = 3) -> None:
-        """Store the (D,) per-slice uncertainty (NaN = not processed) and the top-k slices."""
+    def set_uncertainty(self, per_slice: np.ndarray, k: int = 5, min_separation: int = 3,
+                        ranked: Sequence[int] = ()) -> None:
+        """Store the (D,) per-slice uncertainty (NaN = not processed) and the slices to check
+        first: ``ranked`` (already best first, e.g. the labeller's "check next" rule) when
+        given, else the top-k of ``per_slice`` (:func:`uncertainty_ranking`)."""
         if len(per_slice) != self.shape[0]:
             raise ValueError(f"{len(per_slice)} per-slice uncertainties for {self.shape[0]} slices")
         self.per_slice_uncertainty = uncertainty_list(per_slice)
-        self.slices_to_correct = uncertainty_ranking(per_slice, k, min_separation)
+        self.slices_to_correct = ([int(z) for z in ranked][:k] if len(ranked) else
+                                  uncertainty_ranking(per_slice, k, min_separation))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
