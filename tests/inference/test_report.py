@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from slicevos.inference.pipeline import VolumePipeline
 from slicevos.inference.reporting.report import (
     CaseReport,
     StageTimer,
@@ -21,7 +22,6 @@ from slicevos.inference.reporting.report import (
     uncertainty_ranking,
     write_report,
 )
-from slicevos.inference.pipeline import VolumePipeline
 from slicevos.io.labels import FLARE22
 from slicevos.io.volume import Geometry, Volume
 from slicevos.metrics.efficiency import EfficiencyMeter
