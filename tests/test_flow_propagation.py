@@ -138,6 +138,44 @@ def test_organ_ends_beyond_the_outermost_key_with_the_intensity_rule() -> None:
     assert (ended[3:6] == 7).sum() > 0.5 * (labels[3:6] == 7).sum()
 
 
+def test_a_thin_vessel_ends_with_the_intensity_rule_too() -> None:
+    """A vessel of radius 2 px (the aorta or an adrenal on a 3 mm grid) in fat, bright on
+    slices 0-19: drawn on slice 10 it must end near slice 20 as a wide organ does. The
+    intensity model's blur, were it wider than the vessel, would mix it with the fat even on
+    its own key, and an end rule that sees nothing there never ends it."""
+    depth, size = 40, 64
+    rng = np.random.default_rng(1)
+    hu = rng.normal(-100, 15, (depth, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    vessel = (yy - 32) ** 2 + (xx - 30) ** 2 <= 4
+    hu[:20, vessel] = rng.normal(180, 15, (20, int(vessel.sum())))
+    labels = np.where(vessel, 5, 0).astype(np.uint8)
+    out = propagate(hu, {10: labels}, FlowConfig(intensity_sigma=2.0))
+    found = np.flatnonzero((out == 5).any(axis=(1, 2)))
+    assert found[-1] <= 23, found
+    assert (out[11:19] == 5).sum() > 0.5 * vessel.sum() * 8
+
+
+def test_a_dip_shorter_than_the_patience_does_not_end_an_organ() -> None:
+    """A bright tube, drawn on slice 30, looks like fat on slices 20-21 only and ends below
+    slice 8. With ``end_patience`` 3 it crosses the two-slice dip and ends at slice 8 (the
+    first of its low slices); with 1 it ends for good at the dip."""
+    depth, size = 40, 64
+    rng = np.random.default_rng(2)
+    hu = rng.normal(-100, 15, (depth, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    tube = (yy - 32) ** 2 + (xx - 30) ** 2 <= 25
+    hu[8:, tube] = rng.normal(180, 15, (depth - 8, int(tube.sum())))
+    hu[20:22, tube] = -100.0
+    labels = np.where(tube, 5, 0).astype(np.uint8)
+    first = {}
+    for patience in (1, 3):
+        out = propagate(hu, {30: labels}, FlowConfig(end_patience=patience))
+        first[patience] = int(np.flatnonzero((out == 5).any(axis=(1, 2)))[0])
+    assert first[1] >= 21, first
+    assert 7 <= first[3] <= 9, first
+
+
 def test_the_same_labels_with_one_or_two_flow_threads() -> None:
     phantom = make_phantom(3, PhantomConfig(shape=(20, 64, 64)))
     keys = {z: phantom.labels[z] for z in (2, 12)}
@@ -254,6 +292,8 @@ def test_bad_input_errors() -> None:
         build_propagator("stcn")
     with pytest.raises(InputError, match="unknown propagation engine"):
         build_propagator("magic")
+    with pytest.raises(InputError, match="end_patience"):
+        FlowConfig(end_patience=0)
 
 
 def test_semi_automatic_pipeline_with_flow_checks_keys() -> None:

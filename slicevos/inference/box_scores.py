@@ -55,6 +55,11 @@ class BoxScores:
             label[box][wins] = channel
         return label, best
 
+    def drop(self, c: int, fill: float) -> None:
+        """Take channel ``c`` off the slice: no box, ``fill`` (< 0) everywhere."""
+        self.boxes.pop(c, None)
+        self.fill[c] = fill
+
     def channel(self, c: int, box: Box | None = None) -> np.ndarray:
         """Channel ``c`` inside ``box`` (default: the whole slice) as a dense array."""
         box = box or (slice(0, self.shape[0]), slice(0, self.shape[1]))

@@ -49,14 +49,18 @@ to the volume's end:
 
 - ``intensity`` (default): each object's grey-value model from the key slices
   (``shapes.intensity_models``: its histogram against a ring around it); in a pass
-  beyond the outermost key an object ends for good on the first slice where the fraction of
-  its warped prediction whose (blurred) log-likelihood ratio is positive falls below
-  ``end_support`` times that fraction on its own key;
+  beyond the outermost key an object ends for good where the fraction of
+  its warped prediction whose log-likelihood ratio (blurred by ``intensity_sigma``, at most
+  a third of the object's radius) is positive falls below ``end_support`` times that
+  fraction on its own key for ``end_patience`` slices in a row (it ends on the first of
+  them; with more than 1 a shorter dip, the flow drifting off a tube for a slice or two,
+  does not end it, but an organ whose end flickers runs on: docs/labeling.md, measured);
 - ``none``: plain warping.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +110,7 @@ class FlowConfig:
     end_rule: str = "intensity"
     intensity_sigma: float = 2.0
     end_support: float = 0.3
+    end_patience: int = 1
     absent_depth: float | None = 0.3
     end_profile: str = "erode"
     outside_depth: float | None = 0.3
@@ -119,6 +124,8 @@ class FlowConfig:
             "end_rule": (self.end_rule in END_RULES, f"one of {END_RULES}"),
             "intensity_sigma": (self.intensity_sigma >= 0, "a number >= 0"),
             "end_support": (0 <= self.end_support < 1, "a fraction in [0, 1)"),
+            "end_patience": (isinstance(self.end_patience, int) and self.end_patience >= 1,
+                             "a number of slices >= 1"),
             "absent_depth": (self.absent_depth is None or self.absent_depth > 0,
                              "null or a number > 0"),
             "end_profile": (self.end_profile in END_PROFILES, f"one of {END_PROFILES}"),
@@ -230,21 +237,23 @@ class FlowPasses(PassEngine):
         channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
         shapes = self.shapes(start)
         ended: set[int] = set()
+        watch = EndWatch(cfg.end_patience, step)
+        pending: deque[tuple[int, PassOutput]] = deque()  # slices an end may still take back
         fading, absent, zones = self._one_key_parts(start, other)
         mapping, previous = self._region_map(), start
         for z in order:
+            fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
+            fill[0] = 0.0
             if other is None and len(ended) == len(shapes):
                 # every object has ended beyond the outermost key: the rest is background
-                fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
-                fill[0] = 0.0
-                yield z, PassOutput(BoxScores((self.session.height, self.session.width), fill,
-                                              **self._argmax_rule(channel)))
+                pending.append((z, PassOutput(BoxScores(
+                    (self.session.height, self.session.width), fill,
+                    **self._argmax_rule(channel)))))
+                yield from _release(pending, cfg.end_patience - 1)
                 continue
             mapping.step(self.flows.flow(z, previous))
             self.session.stats.flow_fields += 1
             previous = z
-            fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
-            fill[0] = 0.0
             for object_id, score in absent.items():
                 fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
@@ -258,15 +267,22 @@ class FlowPasses(PassEngine):
                 fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
                         if object_id in fading else None)
                 region, warped = self._warp(shape, mapping, fade)
-                if other is None and cfg.end_rule != "none" and self._ends(
-                        start, object_id, shape, z, region, warped):
-                    ended.add(object_id)
-                    continue
+                if other is None and cfg.end_rule != "none":
+                    end = watch.update(object_id, z, self._ends(start, object_id, shape, z,
+                                                                region, warped))
+                    if end is not None:
+                        ended.add(object_id)
+                        for held, output in pending:
+                            if (held - end) * step >= 0:
+                                output.scores.drop(channel[object_id], -cfg.clip)
+                        continue
                 fill[channel[object_id]] = shape.floor
                 if object_id in zones:
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
-            yield z, PassOutput(scores, self._confidence(start, z, mapping))
+            pending.append((z, PassOutput(scores, self._confidence(start, z, mapping))))
+            yield from _release(pending, cfg.end_patience - 1)
+        yield from _release(pending, 0)
 
     def _one_key_parts(self, start: int, other: int | None
                        ) -> tuple[dict[int, np.ndarray], dict[int, float],
@@ -327,7 +343,7 @@ class FlowPasses(PassEngine):
     def _ends(self, key: int, object_id: int, shape: ObjectShape, z: int,
               region: tuple[slice, slice], warped: np.ndarray) -> bool:
         """The intensity end rule: the object, warped from ``key`` onto ``z``, has ended."""
-        return self._support(object_id, z, region, warped) < (
+        return self._support(object_id, z, region, warped, shape.radius) < (
             self.config.end_support * self._key_support(key, object_id, shape))
 
     def _second_opinion_ends(self, start: int, step: int) -> dict[int, int]:
@@ -345,14 +361,17 @@ class FlowPasses(PassEngine):
         order = range(key + step, stop, step)
         self.flows.prefetch((z, z - step) for z in order)
         ends: dict[int, int] = {}
+        watch = EndWatch(self.config.end_patience, step)
         mapping, previous = self._region_map(), key
         for z in order:
             mapping.step(self.flows.flow(z, previous))
             previous = z
             for object_id, shape in shapes.items():
-                if object_id not in ends and self._ends(key, object_id, shape, z,
-                                                        *self._warp(shape, mapping)):
-                    ends[object_id] = z
+                if object_id not in ends:
+                    end = watch.update(object_id, z, self._ends(key, object_id, shape, z,
+                                                                *self._warp(shape, mapping)))
+                    if end is not None:
+                        ends[object_id] = end
             if len(ends) == len(shapes):
                 break
         return {o: z for o, z in ends.items() if (z - start) * step > 0}
@@ -407,16 +426,20 @@ class FlowPasses(PassEngine):
         return region, warped
 
     def _support(self, object_id: int, z: int, region: tuple[slice, slice],
-                 warped: np.ndarray) -> float:
+                 warped: np.ndarray, radius: float) -> float:
         """Fraction of the object's warped prediction (score > 0) whose grey values look like
-        the object on its keys (blurred llr > 0); 1 for an empty prediction."""
+        the object on its keys (llr > 0, blurred by ``intensity_sigma`` but at most a third
+        of the object's ``radius``: a wider blur mixes a thin vessel or a small gland with
+        what is around it, so that not even its own key would look like it); 1 for an empty
+        prediction."""
         predicted = warped > 0
         total = int(predicted.sum())
         if not total:
             return 1.0
         llr = self.intensity()[object_id][self.grey[z][region]]
-        if self.config.intensity_sigma > 0:
-            llr = cv2.GaussianBlur(llr, (0, 0), self.config.intensity_sigma)
+        sigma = min(self.config.intensity_sigma, radius / 3)
+        if sigma > 0:
+            llr = cv2.GaussianBlur(llr, (0, 0), sigma)
         return float((predicted & (llr > 0)).sum()) / total
 
     def _key_support(self, z: int, object_id: int, shape: ObjectShape) -> float:
@@ -427,7 +450,7 @@ class FlowPasses(PassEngine):
             region = (slice(shape.top, shape.top + height),
                       slice(shape.left, shape.left + width))
             self._key_supports[z, object_id] = self._support(object_id, z, region,
-                                                             shape.distance)
+                                                             shape.distance, shape.radius)
         return self._key_supports[z, object_id]
 
     def _confidence(self, key: int, z: int, mapping: RegionMap) -> np.ndarray | None:
@@ -484,3 +507,30 @@ def _abstain(zones: list[tuple[Box, float]], region: Box, values: np.ndarray, fl
                    zone_cols.start - cols.start:zone_cols.stop - cols.start]
         np.maximum(view, np.float32(score), out=view)
     return (rows, cols), out
+
+
+class EndWatch:
+    """The intensity end rule with patience, per object along one pass (``step`` +1 or -1):
+    an object ends where its support first falls low for ``patience`` slices in a row, so a
+    dip of fewer slices (the flow drifting off a tube for a slice or two, then back) does not
+    end it for good."""
+
+    def __init__(self, patience: int, step: int) -> None:
+        self.patience, self.step = patience, step
+        self.low_since: dict[int, int] = {}
+
+    def update(self, object_id: int, z: int, low: bool) -> int | None:
+        """Record slice ``z``; returns the slice where the object ends (the first of the low
+        run) once the run is ``patience`` slices long, else None."""
+        if not low:
+            self.low_since.pop(object_id, None)
+            return None
+        first = self.low_since.setdefault(object_id, z)
+        return first if (z - first) * self.step + 1 >= self.patience else None
+
+
+def _release(pending: deque[tuple[int, PassOutput]], keep: int
+             ) -> Iterator[tuple[int, PassOutput]]:
+    """Yield the oldest held slices until ``keep`` are left."""
+    while len(pending) > keep:
+        yield pending.popleft()
