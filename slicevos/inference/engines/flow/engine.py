@@ -72,6 +72,7 @@ import torch
 from slicevos.config import check_fields
 from slicevos.errors import InputError
 from slicevos.inference.box_scores import Box, BoxScores
+from slicevos.inference.engines.flow.ends import EndWatch, release, support
 from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
@@ -249,7 +250,7 @@ class FlowPasses(PassEngine):
                 pending.append((z, PassOutput(BoxScores(
                     (self.session.height, self.session.width), fill,
                     **self._argmax_rule(channel)))))
-                yield from _release(pending, cfg.end_patience - 1)
+                yield from release(pending, cfg.end_patience - 1)
                 continue
             mapping.step(self.flows.flow(z, previous))
             self.session.stats.flow_fields += 1
@@ -281,8 +282,8 @@ class FlowPasses(PassEngine):
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
             pending.append((z, PassOutput(scores, self._confidence(start, z, mapping))))
-            yield from _release(pending, cfg.end_patience - 1)
-        yield from _release(pending, 0)
+            yield from release(pending, cfg.end_patience - 1)
+        yield from release(pending, 0)
 
     def _one_key_parts(self, start: int, other: int | None
                        ) -> tuple[dict[int, np.ndarray], dict[int, float],
@@ -427,20 +428,10 @@ class FlowPasses(PassEngine):
 
     def _support(self, object_id: int, z: int, region: tuple[slice, slice],
                  warped: np.ndarray, radius: float) -> float:
-        """Fraction of the object's warped prediction (score > 0) whose grey values look like
-        the object on its keys (llr > 0, blurred by ``intensity_sigma`` but at most a third
-        of the object's ``radius``: a wider blur mixes a thin vessel or a small gland with
-        what is around it, so that not even its own key would look like it); 1 for an empty
-        prediction."""
-        predicted = warped > 0
-        total = int(predicted.sum())
-        if not total:
-            return 1.0
-        llr = self.intensity()[object_id][self.grey[z][region]]
-        sigma = min(self.config.intensity_sigma, radius / 3)
-        if sigma > 0:
-            llr = cv2.GaussianBlur(llr, (0, 0), sigma)
-        return float((predicted & (llr > 0)).sum()) / total
+        """:func:`~slicevos.inference.engines.flow.ends.support` of the object on slice
+        ``z``."""
+        return support(self.intensity()[object_id][self.grey[z][region]], warped,
+                       self.config.intensity_sigma, radius)
 
     def _key_support(self, z: int, object_id: int, shape: ObjectShape) -> float:
         """:meth:`_support` of the object on its own key slice ``z`` (the yardstick; cached,
@@ -507,30 +498,3 @@ def _abstain(zones: list[tuple[Box, float]], region: Box, values: np.ndarray, fl
                    zone_cols.start - cols.start:zone_cols.stop - cols.start]
         np.maximum(view, np.float32(score), out=view)
     return (rows, cols), out
-
-
-class EndWatch:
-    """The intensity end rule with patience, per object along one pass (``step`` +1 or -1):
-    an object ends where its support first falls low for ``patience`` slices in a row, so a
-    dip of fewer slices (the flow drifting off a tube for a slice or two, then back) does not
-    end it for good."""
-
-    def __init__(self, patience: int, step: int) -> None:
-        self.patience, self.step = patience, step
-        self.low_since: dict[int, int] = {}
-
-    def update(self, object_id: int, z: int, low: bool) -> int | None:
-        """Record slice ``z``; returns the slice where the object ends (the first of the low
-        run) once the run is ``patience`` slices long, else None."""
-        if not low:
-            self.low_since.pop(object_id, None)
-            return None
-        first = self.low_since.setdefault(object_id, z)
-        return first if (z - first) * self.step + 1 >= self.patience else None
-
-
-def _release(pending: deque[tuple[int, PassOutput]], keep: int
-             ) -> Iterator[tuple[int, PassOutput]]:
-    """Yield the oldest held slices until ``keep`` are left."""
-    while len(pending) > keep:
-        yield pending.popleft()
