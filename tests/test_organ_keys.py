@@ -113,21 +113,14 @@ def test_suggestions_are_per_organ_and_avoid_its_keys(phantom) -> None:
     for organ in organs:
         suggested = suggest_slices(session, organ)
         assert suggested and middle(truth, organ) not in suggested
-        found = np.flatnonzero((session.labels == organ).any(axis=(1, 2)))
-        keys = session.object_key_slices(organ)
-        for z in suggested:  # on the organ, or past one of its ends before any key of it
-            beyond = z < found[0] or z > found[-1]
-            assert (session.labels[max(0, z - 3):z + 4] == organ).any() or (
-                beyond and not any(min(z, found[0]) < k < max(z, found[-1]) and
-                                   not found[0] <= k <= found[-1] for k in keys)), z
+        assert all((session.labels[max(0, z - 3):z + 4] == organ).any() for z in suggested)
     assert suggest_slices(session, 250) == []
 
 
 def test_the_first_suggestion_splits_the_longest_run_as_bisection_would() -> None:
     """A uniform tube on slices 0-40 drawn on slice 10: the key that removes the most expected
-    error lies inside the long run above the key, not at its far end, where one slice is
-    worst but a key helps few others. (The tube stops at full size, so the run may go on past
-    40: the middle of 11-47 is 29.)"""
+    error lies inside the long run above the key, near its middle (about 25), not at its far
+    end, where one slice is worst but a key helps few others."""
     depth, size = 48, 48
     rng = np.random.default_rng(0)
     hu = np.repeat(rng.normal(0, 60, (size, size)).astype(np.float32)[None], depth, 0) + 40
@@ -140,7 +133,7 @@ def test_the_first_suggestion_splits_the_longest_run_as_bisection_would() -> Non
     session.run()
     assert (session.labels[:41, 24, 24] == 1).all()
     first = suggest_slices(session, 1)[0]
-    assert 20 <= first <= 36, first
+    assert 19 <= first <= 31, first
 
 
 @pytest.mark.parametrize("mode", ["per_object", "joint"])
@@ -156,27 +149,3 @@ def test_stcn_engine_takes_organ_keys(mode: str) -> None:
     assert labels.shape == (8, 48, 64) and labels.dtype == np.uint8
     assert (labels[5][key == 3] == 3).all() and np.isfinite(session.slice_uncertainty).all()
     assert len(session.tracks) == 2
-
-
-def test_suggestions_look_past_an_end_that_stops_abruptly() -> None:
-    """A tube on slices 0-44 that darkens below slice 20, drawn on slice 32: the intensity end
-    rule stops it near 20 at full size, which organs rarely do. Keying what "check next"
-    proposes, three times, must find the rest of the tube, as a person scrolling on would; a
-    rule that only looks a few slices past the propagated end creeps after it instead."""
-    depth, size = 48, 48
-    rng = np.random.default_rng(0)
-    hu = np.repeat(rng.normal(0, 60, (size, size)).astype(np.float32)[None], depth, 0) + 40
-    yy, xx = np.mgrid[:size, :size]
-    tube = (yy - 24) ** 2 + (xx - 24) ** 2 <= 64
-    hu[20:45, tube] += 150
-    hu[:20, tube] -= 120
-    propagator = FlowPropagator()
-    session = propagator.start(window_volume(hu, propagator.windows))
-    session.add_object_mask(32, 1, tube)
-    session.run()
-    first_found = int(np.flatnonzero((session.labels == 1).any(axis=(1, 2)))[0])
-    assert 14 <= first_found <= 24, first_found  # the end rule stopped it
-    for _ in range(3):
-        session.add_object_mask(suggest_slices(session, 1)[0], 1, tube)
-        session.run()
-    assert (session.labels[:45, 24, 24] == 1).mean() > 0.9

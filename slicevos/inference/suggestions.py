@@ -19,15 +19,11 @@ to ``z`` than to its nearest key has its distance cut from ``d(w)`` to ``|w - z|
 
 So a key goes where it helps the most slices (the middle of a long gap, as bisection
 does, weighed by what is there), not where one slice is worst. Candidates and counted slices
-are the organ's propagated slices and those past its ends up to the next key of the organ:
-the propagation may have stopped early (the intensity end rule cuts a tube short). Past an
-end at slice ``e`` a slice ``k`` slices on counts as ``area(e)`` times the chance the organ
-goes on that far, ``q^k`` with ``q = min(0.95, area(e) / median area)``: organs taper to
-their ends, so one that stops at full size (an abrupt end) probably goes on, and one that
-tapered probably ended there (the shared real volumes: 0.2-0.5 at kidney and spleen ends
-found within 1-4 slices, 1.0-1.25 at the esophagus, aorta and adrenal ends cut 5-30 slices
-short). Without an organ the scores of every organ (each scaled by its own largest area) add
-up. Ranking: best first, a chosen slice suppresses its ``min_separation`` neighbours (as
+are the organ's propagated slices and those just past its ends, within ``end_reach`` slices,
+which count as the end slice would with half weight: the propagation may have stopped
+early. Without an organ the scores of every organ (each scaled by its own largest area) add
+up. Ranking: best first, a
+chosen slice suppresses its ``min_separation`` neighbours (as
 ``slicevos.inference.reporting.report.uncertainty_ranking``). Measured against bisection:
 docs/labeling.md.
 """
@@ -40,7 +36,7 @@ from slicevos.inference.reporting.report import uncertainty_ranking
 from slicevos.inference.session import PropagationSession
 
 
-def organ_scores(session: PropagationSession, object_id: int, max_continue: float = 0.95
+def organ_scores(session: PropagationSession, object_id: int, end_reach: int = 3
                  ) -> np.ndarray:
     """(D,) float64 scores of one organ: the expected error a key on each slice would remove
     (module doc); 0 on its keys."""
@@ -52,19 +48,12 @@ def organ_scores(session: PropagationSession, object_id: int, max_continue: floa
     distance = np.abs(np.arange(depth)[:, None] - keys[None, :]).min(1).astype(np.float64)
     doubt = np.nan_to_num(session.object_uncertainty(object_id), nan=0.0)
     present = np.flatnonzero(area > 0)
-    typical = float(np.median(area[present]))
     reach = area.copy()
     for edge, step in ((present[0], -1), (present[-1], 1)):
-        # past an end no key has closed the organ may go on: the likelier the more abruptly
-        # it ends (its area there against its typical area), slice after slice
-        go_on = min(max_continue, area[edge] / typical)
-        z = edge + step
-        while 0 <= z < depth and area[z] == 0 and z not in keys:
-            chance = go_on ** abs(z - edge)
-            if chance < 0.01:
-                break
-            reach[z] = max(reach[z], chance * area[edge])
-            z += step
+        for offset in range(1, end_reach + 1):
+            z = edge + step * offset
+            if 0 <= z < depth and area[z] == 0:
+                reach[z] = max(reach[z], 0.5 * area[edge])
     weight = reach / area.max() * (1.0 + doubt)
     offsets = np.abs(np.arange(depth)[:, None] - np.arange(depth)[None, :])  # (z, w)
     scores = (np.maximum(distance[None, :] - offsets, 0.0) * weight[None, :]).sum(1)
