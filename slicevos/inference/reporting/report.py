@@ -150,8 +150,9 @@ class CaseReport:
     ``reference`` (automatic mode) or ``user`` (semi-automatic). ``per_slice_uncertainty``:
     length D, None for slices not processed. ``slices_to_correct``: with user keys, where a
     new key removes the most expected error (``slicevos.inference.suggestions``); with
-    reference keys, from :func:`uncertainty_ranking`. ``memory_mb``: :func:`memory_summary`. ``organs``:
-    :func:`organ_statistics`. ``checkpoints``: role -> path. ``config``: JSON-able settings.
+    reference keys, from :func:`uncertainty_ranking`. ``memory_mb``: :func:`memory_summary`.
+    ``organs``: :func:`organ_statistics`. ``checkpoints``: role -> path. ``config``: JSON-able
+    settings.
     """
 
     input_path: str
