@@ -244,15 +244,19 @@ class Track:
     def pending(self) -> int:
         return int((~self.up_to_date).sum())
 
-    def segments(self) -> Iterator[tuple[int | None, int | None, int, int]]:
-        """(left key, right key, low, high) of every segment with an out-of-date slice."""
+    def segments(self) -> list[tuple[int | None, int | None, int, int]]:
+        """(left key, right key, low, high) of every segment with an out-of-date slice: those
+        between two keys first, then those beyond the outermost keys (whose passes may take
+        up the walk the inner passes made towards them: the flow engine's second opinion)."""
         keys = self.key_slices
         bounds = [None, *keys, None]
+        found = []
         for left, right in zip(bounds[:-1], bounds[1:], strict=True):
             low = 0 if left is None else left + 1
             high = self.depth if right is None else right
             if low < high and not self.up_to_date[low:high].all():
-                yield left, right, low, high
+                found.append((left, right, low, high))
+        return sorted(found, key=lambda segment: segment[0] is None or segment[1] is None)
 
     def run_segment(self, left: int | None, right: int | None, low: int, high: int,
                     disagreement: np.ndarray | None = None

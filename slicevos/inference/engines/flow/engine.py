@@ -61,7 +61,7 @@ to the volume's end:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +196,7 @@ class FlowPasses(PassEngine):
         self._region: tuple[slice, slice] | None = None
         self._local_grid: np.ndarray | None = None
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+        self._walks: dict[tuple[int, int], _Walk] = {}  # (key, step) -> its end-rule walk
 
     def keys_changed(self, z: int, objects_changed: bool) -> None:
         self._shapes.pop(z, None)
@@ -205,6 +206,7 @@ class FlowPasses(PassEngine):
         self._region = None
         self._local_grid = None
         self._unmatched.clear()
+        self._walks.clear()
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -232,8 +234,9 @@ class FlowPasses(PassEngine):
         cfg = self.config
         order = list(slices)
         step = 1 if not order or order[0] > start else -1
-        caps = (self._second_opinion_ends(start, step)
-                if other is None and cfg.end_rule != "none" else {})
+        second = (self._second_opinion(start, step)
+                  if other is None and cfg.end_rule != "none" else None)
+        caps = next(second) if second is not None else {}
         self.flows.prefetch((z, z - step) for z in order)
         channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
         shapes = self.shapes(start)
@@ -241,6 +244,11 @@ class FlowPasses(PassEngine):
         watch = EndWatch(cfg.end_patience, step)
         pending: deque[tuple[int, PassOutput]] = deque()  # slices an end may still take back
         fading, absent, zones = self._one_key_parts(start, other)
+        # the pass towards the outermost key walks what the pass beyond that key asks a
+        # second opinion of: note where the end rule would end each object on the way
+        walk = (_Walk({}, watch) if other is not None and cfg.end_rule != "none"
+                and not fading and not any((k - other) * step > 0
+                                           for k in self.session.key_masks) else None)
         mapping, previous = self._region_map(), start
         for z in order:
             fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
@@ -252,9 +260,11 @@ class FlowPasses(PassEngine):
                     **self._argmax_rule(channel)))))
                 yield from release(pending, cfg.end_patience - 1)
                 continue
-            mapping.step(self.flows.flow(z, previous))
+            flow = self.flows.flow(z, previous)
+            mapping.step(flow)
             self.session.stats.flow_fields += 1
             previous = z
+            caps = second.send(flow) if second is not None else caps
             for object_id, score in absent.items():
                 fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
@@ -268,6 +278,11 @@ class FlowPasses(PassEngine):
                 fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
                         if object_id in fading else None)
                 region, warped = self._warp(shape, mapping, fade)
+                if walk is not None and object_id not in walk.ends:
+                    end = walk.watch.update(object_id, z, self._ends(
+                        start, object_id, shape, z, region, warped))
+                    if end is not None:
+                        walk.ends[object_id] = end
                 if other is None and cfg.end_rule != "none":
                     end = watch.update(object_id, z, self._ends(start, object_id, shape, z,
                                                                 region, warped))
@@ -283,6 +298,9 @@ class FlowPasses(PassEngine):
                 scores.boxes[channel[object_id]] = region, warped
             pending.append((z, PassOutput(scores, self._confidence(start, z, mapping))))
             yield from release(pending, cfg.end_patience - 1)
+        if walk is not None and order:
+            walk.last, walk.mapping = order[-1], mapping
+            self._walks[start, step] = walk
         yield from release(pending, 0)
 
     def _one_key_parts(self, start: int, other: int | None
@@ -347,35 +365,58 @@ class FlowPasses(PassEngine):
         return self._support(object_id, z, region, warped, shape.radius) < (
             self.config.end_support * self._key_support(key, object_id, shape))
 
-    def _second_opinion_ends(self, start: int, step: int) -> dict[int, int]:
+    def _second_opinion(self, start: int, step: int
+                        ) -> Generator[dict[int, int], np.ndarray | None, None]:
         """Where the objects end seen from the key before ``start`` (the next key inward),
-        for the objects whose end from there lies beyond ``start``: object -> that slice.
-        A pass beyond the outermost key ends each object no later than this, so a key near
-        an organ's end that looks like what follows (the IVC entering the right atrium)
-        cannot carry the organ further than the keys before it saw it go."""
+        for the objects whose end from there lies beyond ``start``: object -> slice. A pass
+        beyond the outermost key ends each object no later than this, so a key near an
+        organ's end that looks like what follows (the IVC entering the right atrium) cannot
+        carry the organ further than the keys before it saw it go.
+
+        A generator, walking in step with the pass so that it goes no further than the
+        pass does: primed with ``next`` (walks up to ``start``), then sent the pass's flow
+        onto each of its slices in turn, it gives the ends found so far."""
         inner = [k for k in self.session.key_masks if (k - start) * step < 0]
+        caps: dict[int, int] = {}
         if not inner:
-            return {}
+            while True:
+                yield caps
         key = min(inner, key=lambda k: abs(k - start))
         shapes = self.shapes(key)
-        stop = self.session.depth if step > 0 else -1
-        order = range(key + step, stop, step)
-        self.flows.prefetch((z, z - step) for z in order)
-        ends: dict[int, int] = {}
-        watch = EndWatch(self.config.end_patience, step)
-        mapping, previous = self._region_map(), key
-        for z in order:
-            mapping.step(self.flows.flow(z, previous))
-            previous = z
-            for object_id, shape in shapes.items():
-                if object_id not in ends:
-                    end = watch.update(object_id, z, self._ends(key, object_id, shape, z,
-                                                                *self._warp(shape, mapping)))
-                    if end is not None:
-                        ends[object_id] = end
-            if len(ends) == len(shapes):
-                break
-        return {o: z for o, z in ends.items() if (z - start) * step > 0}
+        walk = self._walks.pop((key, step), None)
+        if walk is not None and walk.last == start - step:
+            # the pass from ``key`` to ``start`` walked there already: go on from there
+            ends, watch, mapping, previous = dict(walk.ends), walk.watch, walk.mapping, walk.last
+        else:
+            ends, watch = {}, EndWatch(self.config.end_patience, step)
+            mapping, previous = self._region_map(), key
+        before = range(previous + step, start + step, step)  # up to the pass's key: no cap
+        self.flows.prefetch((z, z - step) for z in before)
+        for z in before:
+            if len(ends) < len(shapes):
+                self._walk_ends(key, shapes, z, self.flows.flow(z, z - step), mapping, watch,
+                                ends)
+        flow = yield caps
+        for z in range(start + step, self.session.depth if step > 0 else -1, step):
+            if len(ends) < len(shapes) and flow is not None:
+                self._walk_ends(key, shapes, z, flow, mapping, watch, ends)
+            caps.update((o, e) for o, e in ends.items() if (e - start) * step > 0)
+            flow = yield caps
+        while True:
+            yield caps
+
+    def _walk_ends(self, key: int, shapes: dict[int, ObjectShape], z: int, flow: np.ndarray,
+                   mapping: RegionMap, watch: EndWatch, ends: dict[int, int]) -> None:
+        """One slice ``z`` of a second-opinion walk from ``key`` (``flow`` from ``z`` onto
+        the slice before it): the end rule for every object not ended yet (``ends`` and
+        ``watch`` updated)."""
+        mapping.step(flow)
+        for object_id, shape in shapes.items():
+            if object_id not in ends:
+                end = watch.update(object_id, z, self._ends(key, object_id, shape, z,
+                                                            *self._warp(shape, mapping)))
+                if end is not None:
+                    ends[object_id] = end
 
     def _argmax_rule(self, channel: dict[int, int]) -> dict[str, Any]:
         """:class:`BoxScores` ``scale``: (O + 1,) each object's size for the argmax, its
@@ -498,3 +539,15 @@ def _abstain(zones: list[tuple[Box, float]], region: Box, values: np.ndarray, fl
                    zone_cols.start - cols.start:zone_cols.stop - cols.start]
         np.maximum(view, np.float32(score), out=view)
     return (rows, cols), out
+
+
+@dataclass
+class _Walk:
+    """Where the end rule would end each object (object -> slice) seen from a key, walking
+    one way up to slice ``last``, with the walk's state there (its low runs and its map onto
+    the key), for :meth:`FlowPasses._second_opinion` to go on from."""
+
+    ends: dict[int, int]
+    watch: EndWatch
+    last: int = -1
+    mapping: RegionMap | None = None
