@@ -40,15 +40,20 @@ class EndWatch:
     def __init__(self, patience: int, step: int) -> None:
         self.patience, self.step = patience, step
         self.low_since: dict[int, int] = {}
+        self.ends: dict[int, int] = {}  # object -> the slice where it ended
 
     def update(self, object_id: int, z: int, low: bool) -> int | None:
         """Record slice ``z``; returns the slice where the object ends (the first of the low
-        run) once the run is ``patience`` slices long, else None."""
+        run, also kept in :attr:`ends`) once the run is ``patience`` slices long, else
+        None."""
         if not low:
             self.low_since.pop(object_id, None)
             return None
         first = self.low_since.setdefault(object_id, z)
-        return first if (z - first) * self.step + 1 >= self.patience else None
+        if (z - first) * self.step + 1 < self.patience:
+            return None
+        self.ends[object_id] = first
+        return first
 
 
 def release(pending: deque[T], keep: int) -> Iterator[T]:

@@ -246,7 +246,7 @@ class FlowPasses(PassEngine):
         fading, absent, zones = self._one_key_parts(start, other)
         # the pass towards the outermost key walks what the pass beyond that key asks a
         # second opinion of: note where the end rule would end each object on the way
-        walk = (_Walk({}, watch) if other is not None and cfg.end_rule != "none"
+        walk = (_Walk(watch) if other is not None and cfg.end_rule != "none"
                 and not fading and not any((k - other) * step > 0
                                            for k in self.session.key_masks) else None)
         mapping, previous = self._region_map(), start
@@ -278,11 +278,9 @@ class FlowPasses(PassEngine):
                 fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
                         if object_id in fading else None)
                 region, warped = self._warp(shape, mapping, fade)
-                if walk is not None and object_id not in walk.ends:
-                    end = walk.watch.update(object_id, z, self._ends(
-                        start, object_id, shape, z, region, warped))
-                    if end is not None:
-                        walk.ends[object_id] = end
+                if walk is not None and object_id not in walk.watch.ends:
+                    walk.watch.update(object_id, z, self._ends(start, object_id, shape, z,
+                                                               region, warped))
                 if other is None and cfg.end_rule != "none":
                     end = watch.update(object_id, z, self._ends(start, object_id, shape, z,
                                                                 region, warped))
@@ -386,37 +384,35 @@ class FlowPasses(PassEngine):
         walk = self._walks.pop((key, step), None)
         if walk is not None and walk.last == start - step:
             # the pass from ``key`` to ``start`` walked there already: go on from there
-            ends, watch, mapping, previous = dict(walk.ends), walk.watch, walk.mapping, walk.last
+            watch, mapping, previous = walk.watch, walk.mapping, walk.last
         else:
-            ends, watch = {}, EndWatch(self.config.end_patience, step)
+            watch = EndWatch(self.config.end_patience, step)
             mapping, previous = self._region_map(), key
+        ends = watch.ends
         before = range(previous + step, start + step, step)  # up to the pass's key: no cap
         self.flows.prefetch((z, z - step) for z in before)
         for z in before:
             if len(ends) < len(shapes):
-                self._walk_ends(key, shapes, z, self.flows.flow(z, z - step), mapping, watch,
-                                ends)
+                self._walk_ends(key, shapes, z, self.flows.flow(z, z - step), mapping, watch)
         flow = yield caps
         for z in range(start + step, self.session.depth if step > 0 else -1, step):
             if len(ends) < len(shapes) and flow is not None:
-                self._walk_ends(key, shapes, z, flow, mapping, watch, ends)
+                self._walk_ends(key, shapes, z, flow, mapping, watch)
             caps.update((o, e) for o, e in ends.items() if (e - start) * step > 0)
             flow = yield caps
         while True:
             yield caps
 
     def _walk_ends(self, key: int, shapes: dict[int, ObjectShape], z: int, flow: np.ndarray,
-                   mapping: RegionMap, watch: EndWatch, ends: dict[int, int]) -> None:
+                   mapping: RegionMap, watch: EndWatch) -> None:
         """One slice ``z`` of a second-opinion walk from ``key`` (``flow`` from ``z`` onto
-        the slice before it): the end rule for every object not ended yet (``ends`` and
-        ``watch`` updated)."""
+        the slice before it): the end rule for every object not ended yet (``watch``
+        updated)."""
         mapping.step(flow)
         for object_id, shape in shapes.items():
-            if object_id not in ends:
-                end = watch.update(object_id, z, self._ends(key, object_id, shape, z,
-                                                            *self._warp(shape, mapping)))
-                if end is not None:
-                    ends[object_id] = end
+            if object_id not in watch.ends:
+                watch.update(object_id, z, self._ends(key, object_id, shape, z,
+                                                      *self._warp(shape, mapping)))
 
     def _argmax_rule(self, channel: dict[int, int]) -> dict[str, Any]:
         """:class:`BoxScores` ``scale``: (O + 1,) each object's size for the argmax, its
@@ -543,11 +539,10 @@ def _abstain(zones: list[tuple[Box, float]], region: Box, values: np.ndarray, fl
 
 @dataclass
 class _Walk:
-    """Where the end rule would end each object (object -> slice) seen from a key, walking
+    """Where the end rule would end each object seen from a key (``watch.ends``), walking
     one way up to slice ``last``, with the walk's state there (its low runs and its map onto
     the key), for :meth:`FlowPasses._second_opinion` to go on from."""
 
-    ends: dict[int, int]
     watch: EndWatch
     last: int = -1
     mapping: RegionMap | None = None
