@@ -99,7 +99,14 @@ def test_organ_mode_curves_have_one_value_per_step_and_new_keys(case: Case, rule
         assert picks[0] == true_slices[(len(true_slices) - 1) // 2]  # the middle start
     steps = [c for c in run.corrections if c.step > 0]
     assert all(c.rule == rule and c.seconds is not None and c.dsc_after is not None
-               for c in steps)
+               and c.ahead_seconds is not None for c in steps)
+    assert run.start_ahead_seconds is not None
+
+
+def test_a_cold_run_does_not_wait_for_the_work_ahead(case: Case) -> None:
+    run = simulate(case, FLARE22, "organ", "bisect", max_keys=1, work_ahead=False)
+    assert run.start_ahead_seconds is None
+    assert all(c.ahead_seconds is None for c in run.corrections)
 
 
 def test_slice_mode_and_range_start(case: Case) -> None:
@@ -147,6 +154,7 @@ def test_cli_writes_json_csv_and_plots(phantom_files: tuple[Path, Path], tmp_pat
                  "--rules", "bisect", "oracle", "--max-keys", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "all scans (1): organ mode" in printed and "NoS@0.95 per organ" in printed
+    assert "ahead s" in printed
     with open(out / "effort.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 2 * 2 * 3  # modes x rules x organs x steps

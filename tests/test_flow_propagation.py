@@ -11,10 +11,16 @@ import torch
 
 from slicevos.benchmarks.baselines import nearest_key_copy
 from slicevos.errors import InputError
-from slicevos.inference.box_scores import BoxScores
+from slicevos.inference.box_scores import BoxScores, over, union
 from slicevos.inference.engines import build_propagator
 from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
-from slicevos.inference.engines.flow.field import FlowSettings, RegionMap, compose, identity_map
+from slicevos.inference.engines.flow.field import (
+    FlowFields,
+    FlowSettings,
+    RegionMap,
+    compose,
+    identity_map,
+)
 from slicevos.inference.engines.flow.shapes import key_shapes, unmatched_parts
 from slicevos.inference.session import fuse_directions, score_channels
 from slicevos.io import FLARE22, load_labels, load_volume
@@ -202,6 +208,83 @@ def test_box_scores_match_their_dense_form() -> None:
     blended = fuse_directions(first, second, 3, 1, 5, weight, 1 - weight)
     dense = fuse_directions(first.dense(), second.dense(), 3, 1, 5, weight, 1 - weight)
     np.testing.assert_array_equal(score_channels(blended), score_channels(dense))
+
+
+def test_scores_and_confidences_over_a_box_match_the_whole_slice() -> None:
+    """What a track computes over the boxes only (``top(box)``, confidences kept over a
+    region, 1 outside it) is what the whole slice gives there, and background elsewhere."""
+    rng = np.random.default_rng(1)
+    shape = (40, 50)
+
+    def scores_in(top: int, left: int) -> BoxScores:
+        scores = BoxScores(shape, np.array([0, -4, -3], np.float32),
+                           scale=np.array([1, 2, 3], np.float32))
+        for channel in (1, 2):
+            box = (slice(top + channel, top + channel + 9), slice(left, left + 11))
+            scores.boxes[channel] = box, rng.normal(0, 3, (9, 11)).astype(np.float32)
+        return scores
+
+    first, second = scores_in(5, 8), scores_in(14, 20)
+    extent = union(first.extent(), second.extent())
+    assert extent == (slice(6, 25), slice(8, 31))
+    labels, best = first.top()
+    crop_labels, crop_best = first.top(extent)
+    np.testing.assert_array_equal(crop_labels, labels[extent])
+    np.testing.assert_array_equal(crop_best, best[extent])
+    outside = np.ones(shape, bool)
+    outside[extent] = False
+    assert not labels[outside].any()
+    region = (slice(2, 30), slice(4, 40))  # holds every box
+    confidence = [np.ones(shape, np.float32) for _ in range(2)]
+    for c in confidence:
+        c[region] = rng.uniform(0.05, 1, (28, 36))
+    whole = fuse_directions(first, second, 3, 1, 5, *confidence)
+    boxed = fuse_directions(first, second, 3, 1, 5, confidence[0][region],
+                            confidence[1][region], region, region)
+    for c in range(3):
+        np.testing.assert_array_equal(boxed.channel(c), whole.channel(c))
+    partial = (slice(10, 20), slice(0, 50))  # cuts the boxes: 1 outside it
+    cut = [np.where(np.isin(np.arange(shape[0]), range(10, 20))[:, None], c, 1).astype(
+        np.float32) for c in confidence]
+    np.testing.assert_allclose(
+        fuse_directions(first, second, 3, 1, 5, confidence[0][partial],
+                        confidence[1][partial], partial, partial).channel(1),
+        fuse_directions(first, second, 3, 1, 5, *cut).channel(1))
+    np.testing.assert_array_equal(over(best, None, extent, 0.0), best[extent])
+
+
+def test_compose_takes_float16_flows_as_their_float32_values() -> None:
+    rng = np.random.default_rng(2)
+    grid = identity_map(30, 40)
+    previous = grid + rng.normal(0, 2, grid.shape).astype(np.float32)
+    flow = rng.normal(0, 3, grid.shape).astype(np.float16)
+    np.testing.assert_array_equal(compose(previous, flow[5:25, 3:33], grid[:20, :30]),
+                                  compose(previous, flow[5:25, 3:33].astype(np.float32),
+                                          grid[:20, :30]))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flows_computed_ahead_fill_the_cache_without_dropping_any(threads: int) -> None:
+    import threading
+
+    phantom = make_phantom(3, PhantomConfig(shape=(8, 48, 48)))
+    stack = np.ascontiguousarray(window_volume(phantom.hu, FlowPropagator().windows)[:, 0])
+    settings = FlowSettings(threads=threads)
+    one_flow_mb = 48 * 48 * 2 * 2 / 2**20
+    flows = FlowFields(stack, settings, cache_mb=10.5 * one_flow_mb)
+    used = flows.flow(3, 2)
+    assert flows.warm(threading.Event()) == 9  # room for 10, one kept already
+    assert len(flows._kept) == 10 and (3, 2) in flows._kept and flows.computed == 10
+    reference = FlowFields(stack, settings)
+    for pair in list(flows._kept):
+        np.testing.assert_array_equal(flows.flow(*pair),
+                                      reference.flow(*pair).astype(np.float16))
+    assert flows.computed == 10  # every one came from the cache
+    np.testing.assert_array_equal(flows.flow(3, 2), used.astype(np.float16))
+    stopped = threading.Event()
+    stopped.set()
+    assert FlowFields(stack, settings, cache_mb=1).warm(stopped) == 0
+    assert FlowFields(stack, settings).warm(threading.Event()) == 0  # nothing kept: no cache
 
 
 def test_a_nested_channel_wins_wherever_it_is_positive_and_survives_blending() -> None:

@@ -227,11 +227,11 @@ def test_session_fuses_each_middle_slice_with_its_keys(net: PropagationNet,
 
     calls: list[tuple[int, int, int]] = []
 
-    def spy(prob_fwd, prob_bwd, z, z_left, z_right, conf_fwd=None, conf_bwd=None):
+    def spy(prob_fwd, prob_bwd, z, z_left, z_right, *confidences):
         calls.append((z, z_left, z_right))
         channels = NUM_CLASSES if net.joint else 3  # background + 2 objects
         assert prob_fwd.shape == prob_bwd.shape == (channels, HEIGHT, WIDTH)
-        return fuse_directions(prob_fwd, prob_bwd, z, z_left, z_right, conf_fwd, conf_bwd)
+        return fuse_directions(prob_fwd, prob_bwd, z, z_left, z_right, *confidences)
 
     monkeypatch.setattr(session_module, "fuse_directions", spy)
     session = propagator(net).start(volume(10))

@@ -9,7 +9,8 @@ The simulated user works in one of two modes:
   then one propagation. Each step, for each organ in id order: the rule picks one of the
   organ's non-key slices, the user redraws the organ there as the truth (``paint_organ``) and
   the page propagates (``start_propagation`` + ``wait``, timed: seconds per correction); the
-  organ's DSC right after is recorded. After all organs' corrections of the step, every
+  organ's DSC right after is recorded. Then, unless ``work_ahead`` is off, the user takes as
+  long to look and draw as the page's work ahead takes (``wait_work_ahead``, timed apart). After all organs' corrections of the step, every
   organ's DSC and NSD are recorded. An organ whose DSC has reached ``stop_dsc`` gets no
   further corrections (its values are still measured at each step).
 - ``slice``: one session per scan and rule. The user draws the true labels of the whole slice
@@ -144,6 +145,13 @@ def propagate(labeler: Labeler) -> float:
     return seconds
 
 
+def work_ahead(labeler: Labeler) -> float:
+    """Wait for the page's work ahead of the next correction; the seconds it took."""
+    started = time.perf_counter()
+    labeler.wait_work_ahead()
+    return time.perf_counter() - started
+
+
 @contextmanager
 def labeler_for(case: Case, schema: LabelSchema) -> Iterator[Labeler]:
     """A fresh flow-engine labeller on the scan, its output and autosave in a temp folder
@@ -159,8 +167,10 @@ def labeler_for(case: Case, schema: LabelSchema) -> Iterator[Labeler]:
 class _Session:
     """One simulated run: the labeller, the keys per target and the run's records."""
 
-    def __init__(self, labeler: Labeler, case: Case, schema: LabelSchema, run: Run) -> None:
+    def __init__(self, labeler: Labeler, case: Case, schema: LabelSchema, run: Run,
+                 ahead: bool = True) -> None:
         self.labeler, self.case, self.schema, self.run = labeler, case, schema, run
+        self.ahead = ahead
         self.keys: dict[int | None, set[int]] = {}
         self.scored: np.ndarray | None = None  # the labels of the last record
 
@@ -172,7 +182,11 @@ class _Session:
         after = (dice(self.case.truth == organ, self.labeler.session.labels == organ)
                  if timed and organ is not None else None)
         self.run.corrections.append(Correction(step, organ, z, pixels, seconds, rule,
-                                               fell_back, after))
+                                               fell_back, after, self.work_ahead()
+                                               if timed else None))
+
+    def work_ahead(self) -> float | None:
+        return work_ahead(self.labeler) if self.ahead else None
 
     def record(self) -> None:
         """Every organ's key count, DSC and NSD now (one more step on each curve); organs
@@ -212,7 +226,7 @@ class _Session:
 
 
 def simulate(case: Case, schema: LabelSchema, mode: str, rule: str, start: str = "middle",
-             max_keys: int = 8, stop_dsc: float = 0.99) -> Run:
+             max_keys: int = 8, stop_dsc: float = 0.99, work_ahead: bool = True) -> Run:
     """One simulated session (see the module doc); the run's curves and corrections."""
     check_choice(mode, MODES, "mode")
     check_choice(rule, tuple(RULES), "rule")
@@ -229,12 +243,13 @@ def simulate(case: Case, schema: LabelSchema, mode: str, rule: str, start: str =
     extents[None] = extent(np.any(list(per_slice.values()), axis=0))
     targets: list[int | None] = list(present) if mode == "organ" else [None]
     with labeler_for(case, schema) as labeler:
-        session = _Session(labeler, case, schema, run)
+        session = _Session(labeler, case, schema, run, work_ahead)
         for target in targets:
             z = (lower_median(per_slice[target]) if target is not None
                  else sum(extents[None]) // 2)
             session.edit(0, target, z, "start", timed=False)
         run.start_seconds = propagate(labeler)
+        run.start_ahead_seconds = session.work_ahead()
         session.record()
         for step in range(1, max_keys + 1):
             for target in targets:
@@ -260,7 +275,8 @@ def check_choice(value: str, choices: Sequence[str], what: str) -> None:
 def run_benchmark(cases: Sequence[Case], schema: LabelSchema, modes: Sequence[str],
                   rules: Sequence[str], start: str = "middle", max_keys: int = 8,
                   stop_dsc: float = 0.99,
-                  progress: Callable[[Sequence], Sequence] = lambda items: items) -> list[Run]:
+                  progress: Callable[[Sequence], Sequence] = lambda items: items,
+                  work_ahead: bool = True) -> list[Run]:
     """Every case x mode x rule (``progress`` wraps that list, e.g. tqdm)."""
     for value in modes:
         check_choice(value, MODES, "mode")
@@ -268,4 +284,5 @@ def run_benchmark(cases: Sequence[Case], schema: LabelSchema, modes: Sequence[st
         check_choice(value, tuple(RULES), "rule")
     check_choice(start, STARTS, "start")
     jobs = [(c, m, r) for c in cases for m in modes for r in rules]
-    return [simulate(c, schema, m, r, start, max_keys, stop_dsc) for c, m, r in progress(jobs)]
+    return [simulate(c, schema, m, r, start, max_keys, stop_dsc, work_ahead)
+            for c, m, r in progress(jobs)]

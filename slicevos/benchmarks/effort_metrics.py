@@ -45,8 +45,10 @@ class Curve:
 class Correction:
     """One simulated edit: slice ``z`` of ``organ`` (None: the whole slice) at ``step`` (0: the
     start), ``pixels`` changed, ``seconds`` of propagation after it (None: shared by the start's
-    single propagation), ``rule`` that picked it, whether the rule ``fell_back`` to bisect, and
-    (organ mode) the organ's DSC right after its own propagation."""
+    single propagation), ``rule`` that picked it, whether the rule ``fell_back`` to bisect,
+    (organ mode) the organ's DSC right after its own propagation, and ``ahead_seconds``: the
+    page's work ahead after that propagation (``Labeler.wait_work_ahead``; None: not waited
+    for), which the user's time to look and draw covers."""
 
     step: int
     organ: int | None
@@ -56,6 +58,7 @@ class Correction:
     rule: str
     fell_back: bool = False
     dsc_after: float | None = None
+    ahead_seconds: float | None = None
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Run:
     curves: dict[int, Curve] = field(default_factory=dict)
     corrections: list[Correction] = field(default_factory=list)
     start_seconds: float = 0.0
+    start_ahead_seconds: float | None = None
 
 
 def score(truth: np.ndarray, labels: np.ndarray, organ: int, spacing: tuple[float, ...],
@@ -115,6 +119,10 @@ def summarize(run: Run) -> dict[str, Any]:
     seconds = [c.seconds for c in run.corrections if c.step > 0 and c.seconds is not None]
     row["s_mean"] = _mean(seconds)
     row["s_max"] = max(seconds) if seconds else None
+    ahead = [c.ahead_seconds for c in run.corrections if c.ahead_seconds is not None]
+    if run.start_ahead_seconds is not None:
+        ahead.append(run.start_ahead_seconds)
+    row["ahead_max"] = max(ahead) if ahead else None
     row["nos_by_organ"] = {run.organs[o]: nos(c, 0.95) for o, c in run.curves.items()}
     return row
 
@@ -131,7 +139,7 @@ def write_json(runs: list[Run], path: Path, settings: dict[str, Any]) -> Path:
 
 
 CSV_FIELDS = ("scan", "mode", "rule", "start", "organ", "step", "keys", "dsc", "nsd", "z",
-              "pixels", "seconds", "picked_by", "fell_back", "dsc_after")
+              "pixels", "seconds", "picked_by", "fell_back", "dsc_after", "ahead_seconds")
 
 
 def write_csv(runs: list[Run], path: Path) -> Path:
@@ -146,8 +154,9 @@ def write_csv(runs: list[Run], path: Path) -> Path:
                 for step, (keys, d, s) in enumerate(zip(curve.keys, curve.dsc, curve.nsd,
                                                             strict=True)):
                     c = done.get((step, organ if run.mode == "organ" else None))
-                    edit = ([c.z, c.pixels, c.seconds, c.rule, c.fell_back, c.dsc_after]
-                            if c else [""] * 6)
+                    edit = ([c.z, c.pixels, c.seconds, c.rule, c.fell_back, c.dsc_after,
+                             "" if c.ahead_seconds is None else c.ahead_seconds]
+                            if c else [""] * 7)
                     writer.writerow([run.scan, run.mode, run.rule, run.start, run.organs[organ],
                                      step, keys, f"{d:.5f}", f"{s:.5f}", *edit])
     return path

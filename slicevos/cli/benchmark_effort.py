@@ -10,8 +10,10 @@ challenge's largest-3D-error rule; ``oracle``: the slice with the most wrong pix
 
 Tables per scan and mode: DSC (mean over organs) after 1..8 keys, NoS@0.90/0.95 (keys to first
 reach that DSC: mean over the organs that did, and how many did), DSC_AUC (trapezoidal mean
-DSC over 1..6 keys), pixels edited, propagation seconds per correction; NoS@0.95 per organ;
-and the means over scans. Files in ``--out``: effort.json (every curve), effort.csv (one row
+DSC over 1..6 keys), pixels edited, propagation seconds per correction (mean and max), the
+longest work ahead the page does after a propagation (``ahead s``: computing the flows a next
+key may need, while the user looks and draws; the user is assumed to take that long unless
+``--cold``); NoS@0.95 per organ; and the means over scans. Files in ``--out``: effort.json (every curve), effort.csv (one row
 per scan, mode, rule, organ and step) and effort_<scan>_<mode>.png (needs matplotlib:
 ``pip install -e ".[plot]"``).
 
@@ -49,12 +51,13 @@ def print_table(title: str, rows: dict[str, dict[str, Any]]) -> None:
     from slicevos.benchmarks.effort_metrics import TABLE_KEYS
     print(f"\n{title}")
     print(f"{'rule':<11}" + "".join(f"{f'DSC@{k}':>7}" for k in TABLE_KEYS)
-          + f"{'NoS@.90':>13}{'NoS@.95':>13}{'AUC1-6':>8}{'pixels':>10}{'s/corr':>8}{'max s':>7}")
+          + f"{'NoS@.90':>13}{'NoS@.95':>13}{'AUC1-6':>8}{'pixels':>10}{'s/corr':>8}{'max s':>7}"
+          + f"{'ahead s':>8}")
     for rule, row in rows.items():
         print(f"{rule:<11}" + "".join(f"{_fmt(row[f'dsc@{k}']):>7}" for k in TABLE_KEYS)
               + f"{_nos(row, '0.90'):>13}{_nos(row, '0.95'):>13}{_fmt(row['auc']):>8}"
               + f"{_fmt(row['pixels'], '.0f'):>10}{_fmt(row['s_mean'], '.2f'):>8}"
-              + f"{_fmt(row['s_max'], '.2f'):>7}")
+              + f"{_fmt(row['s_max'], '.2f'):>7}{_fmt(row['ahead_max'], '.2f'):>8}")
 
 
 def print_organ_nos(rows: dict[str, dict[str, Any]]) -> None:
@@ -126,7 +129,8 @@ def _body(args: argparse.Namespace) -> int:
     cases = _cases(args, schema, _organ_ids(args.organs, schema))
     runs = run_benchmark(cases, schema, args.modes, args.rules, args.start, args.max_keys,
                          args.stop_dsc, progress=lambda jobs: tqdm(jobs, desc="effort",
-                                                                   unit="run"))
+                                                                   unit="run"),
+                         work_ahead=not args.cold)
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k != "debug"}
     write_json(runs, out / "effort.json", settings)
@@ -171,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="correction steps after the start (default 8)")
     parser.add_argument("--stop-dsc", type=float, default=0.99,
                         help="an organ at this DSC gets no more corrections")
+    parser.add_argument("--cold", action="store_true",
+                        help="correct right after each propagation, before the page's work "
+                        "ahead (a user who draws in under the 'ahead s' column's time)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", default="benchmark_effort_out",
                         help="folder for effort.json, effort.csv and the plots")

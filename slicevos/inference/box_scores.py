@@ -42,18 +42,34 @@ class BoxScores:
         channel (as ``argmax``)."""
         return self.top()[0]
 
-    def top(self) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`argmax` and the winning scaled score (H, W) float32 (0 on background)."""
-        best = np.zeros(self.shape, np.float32)
-        label = np.zeros(self.shape, np.int64)
+    def top(self, box: Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`argmax` and the winning scaled score float32 (0 on background), over
+        ``box`` of the slice (default: all of it; outside :meth:`extent` all background)."""
+        box = box or self.whole
+        best = np.zeros(box_size(box), np.float32)
+        label = np.zeros(box_size(box), np.int64)
         for channel in sorted(self.boxes, key=lambda c: (c in self.nested, c)):
-            box, values = self.boxes[channel]
+            own, values = self.boxes[channel]
+            common = intersection(box, own)
+            if common is None:
+                continue
+            values = values[within(common, own)]
             if self.scale is not None:
                 values = values / self.scale[channel]
-            wins = values > (0 if channel in self.nested else best[box])
-            best[box][wins] = values[wins]
-            label[box][wins] = channel
+            here = within(common, box)
+            wins = values > (0 if channel in self.nested else best[here])
+            best[here][wins] = values[wins]
+            label[here][wins] = channel
         return label, best
+
+    @property
+    def whole(self) -> Box:
+        return slice(0, self.shape[0]), slice(0, self.shape[1])
+
+    def extent(self) -> Box | None:
+        """The bounding box of every channel's box: outside it every pixel is background
+        (None: no box, the whole slice is)."""
+        return union(*(box for box, _ in self.boxes.values())) if self.boxes else None
 
     def drop(self, c: int, fill: float) -> None:
         """Take channel ``c`` off the slice: no box, ``fill`` (< 0) everywhere."""
@@ -62,31 +78,26 @@ class BoxScores:
 
     def channel(self, c: int, box: Box | None = None) -> np.ndarray:
         """Channel ``c`` inside ``box`` (default: the whole slice) as a dense array."""
-        box = box or (slice(0, self.shape[0]), slice(0, self.shape[1]))
-        rows, cols = box
-        out = np.full((rows.stop - rows.start, cols.stop - cols.start), self.fill[c],
-                      np.float32)
-        if c in self.boxes:
-            (own_rows, own_cols), values = self.boxes[c]
-            top, bottom = max(rows.start, own_rows.start), min(rows.stop, own_rows.stop)
-            left, right = max(cols.start, own_cols.start), min(cols.stop, own_cols.stop)
-            if top < bottom and left < right:
-                out[top - rows.start:bottom - rows.start, left - cols.start:right - cols.start] \
-                    = values[top - own_rows.start:bottom - own_rows.start,
-                             left - own_cols.start:right - own_cols.start]
-        return out
+        box = box or self.whole
+        if c not in self.boxes:
+            return np.full(box_size(box), self.fill[c], np.float32)
+        own, values = self.boxes[c]
+        return over(values, own, box, float(self.fill[c]))
 
-    def blend(self, other: BoxScores, weight: float | np.ndarray) -> BoxScores:
-        """``weight * self + (1 - weight) * other`` per channel; ``weight`` a number or an
-        (H, W) map. Each result box is the bounding box of the two inputs' boxes."""
+    def blend(self, other: BoxScores, weight: float | np.ndarray,
+              weight_box: Box | None = None) -> BoxScores:
+        """``weight * self + (1 - weight) * other`` per channel; ``weight`` a number or a map
+        over ``weight_box`` of the slice (default: all of it), which must hold every box of
+        both. Each result box is the bounding box of the two inputs' boxes."""
         if other.shape != self.shape or other.channels != self.channels:
             raise ValueError(f"cannot blend scores {self.shape}x{self.channels} with "
                              f"{other.shape}x{other.channels}")
         dense_weight = isinstance(weight, np.ndarray)
+        weight_box = weight_box or self.whole
         boxes: dict[int, tuple[Box, np.ndarray]] = {}
         for c in set(self.boxes) | set(other.boxes):
-            box = _union(*(scores.boxes[c][0] for scores in (self, other) if c in scores.boxes))
-            w = weight[box] if dense_weight else weight
+            box = union(*(scores.boxes[c][0] for scores in (self, other) if c in scores.boxes))
+            w = weight[within(box, weight_box)] if dense_weight else weight
             boxes[c] = box, w * self.channel(c, box) + (1 - w) * other.channel(c, box)
         if dense_weight:
             # outside every box the blend of two fills stays within [min, max] of them: < 0
@@ -101,7 +112,40 @@ class BoxScores:
         return torch.from_numpy(np.stack([self.channel(c) for c in range(self.channels)]))
 
 
-def _union(*boxes: Box) -> Box:
+def union(*boxes: Box) -> Box:
+    """The bounding box of ``boxes`` (at least one)."""
     rows = slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes))
     cols = slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
     return rows, cols
+
+
+def box_size(box: Box) -> tuple[int, int]:
+    return box[0].stop - box[0].start, box[1].stop - box[1].start
+
+
+def intersection(a: Box, b: Box) -> Box | None:
+    """The pixels of both boxes (None: they do not meet)."""
+    rows = slice(max(a[0].start, b[0].start), min(a[0].stop, b[0].stop))
+    cols = slice(max(a[1].start, b[1].start), min(a[1].stop, b[1].stop))
+    return (rows, cols) if rows.start < rows.stop and cols.start < cols.stop else None
+
+
+def within(box: Box, outer: Box) -> Box:
+    """``box`` in the coordinates of an array covering ``outer`` of the slice."""
+    top, left = outer[0].start, outer[1].start
+    return (slice(box[0].start - top, box[0].stop - top),
+            slice(box[1].start - left, box[1].stop - left))
+
+
+def over(values: np.ndarray, values_box: Box | None, box: Box, fill: float) -> np.ndarray:
+    """``values`` (covering ``values_box`` of a slice; None: all of it) read over ``box`` of
+    the slice, ``fill`` where they do not reach (a view where ``box`` lies inside)."""
+    if values_box is None:
+        return values[box]
+    common = intersection(box, values_box)
+    if common == box:
+        return values[within(box, values_box)]
+    out = np.full(box_size(box), fill, values.dtype)
+    if common is not None:
+        out[within(common, box)] = values[within(common, values_box)]
+    return out

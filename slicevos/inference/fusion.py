@@ -4,12 +4,12 @@ described in ``slicevos.inference.session``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from slicevos.inference.box_scores import BoxScores
+from slicevos.inference.box_scores import Box, BoxScores, over, union
 
 Scores = torch.Tensor | BoxScores
 
@@ -32,15 +32,27 @@ def fusion_weight(z: int, z_left: int, z_right: int, conf_fwd: np.ndarray | None
 
 def fuse_directions(prob_fwd: Scores, prob_bwd: Scores, z: int, z_left: int, z_right: int,
                     conf_fwd: np.ndarray | None = None,
-                    conf_bwd: np.ndarray | None = None) -> Scores:
+                    conf_bwd: np.ndarray | None = None, box_fwd: Box | None = None,
+                    box_bwd: Box | None = None) -> Scores:
     """Weighted mean (:func:`fusion_weight`) of the forward and backward passes' scores
-    ((L, H, W) tensors or :class:`BoxScores`) of slice ``z``."""
-    weight = fusion_weight(z, z_left, z_right, conf_fwd, conf_bwd)
+    ((L, H, W) tensors or :class:`BoxScores`) of slice ``z``. Each confidence covers its
+    box of the slice (``box_fwd``, ``box_bwd``; None: all of it) and is 1 outside it; for
+    BoxScores the weight is computed only where their boxes are."""
+    if conf_fwd is None or conf_bwd is None:
+        weight = fusion_weight(z, z_left, z_right)
+        if isinstance(prob_fwd, BoxScores):
+            return prob_fwd.blend(prob_bwd, weight)
+        return torch.lerp(prob_bwd, prob_fwd, weight)
     if isinstance(prob_fwd, BoxScores):
-        return prob_fwd.blend(prob_bwd, weight)
-    if isinstance(weight, np.ndarray):
-        weight = torch.from_numpy(weight).to(prob_fwd)
-    return torch.lerp(prob_bwd, prob_fwd, weight)
+        extents = [e for e in (prob_fwd.extent(), prob_bwd.extent()) if e is not None]
+        box = union(*extents) if extents else (slice(0, 0), slice(0, 0))
+    else:
+        box = (slice(0, prob_fwd.shape[-2]), slice(0, prob_fwd.shape[-1]))
+    weight = fusion_weight(z, z_left, z_right, over(conf_fwd, box_fwd, box, 1.0),
+                           over(conf_bwd, box_bwd, box, 1.0))
+    if isinstance(prob_fwd, BoxScores):
+        return prob_fwd.blend(prob_bwd, weight, box)
+    return torch.lerp(prob_bwd, prob_fwd, torch.from_numpy(weight).to(prob_fwd))
 
 
 def score_channels(scores: Scores) -> np.ndarray:
@@ -48,11 +60,13 @@ def score_channels(scores: Scores) -> np.ndarray:
     return score_top(scores)[0]
 
 
-def score_top(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) int64 argmax channel and (H, W) float32 winning score (for BoxScores the
-    size-relative one, 0 on background)."""
+def score_top(scores: Scores, box: Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """int64 argmax channel and float32 winning score (for BoxScores the size-relative one,
+    0 on background), over ``box`` of the slice (default: all of it)."""
     if isinstance(scores, BoxScores):
-        return scores.top()
+        return scores.top(box)
+    if box is not None:
+        scores = scores[:, box[0], box[1]]
     top = scores.max(0)
     return top.indices.cpu().numpy(), top.values.float().cpu().numpy()
 
@@ -68,21 +82,23 @@ def channel_disagreement(channels_a: np.ndarray, channels_b: np.ndarray) -> floa
 @dataclass
 class PassOutput:
     """One slice of one pass: ``scores`` ((L, H, W) float32 tensor, or :class:`BoxScores`)
-    and, where the engine has one, a per-pixel ``confidence`` (H, W) float32 in (0, 1]."""
+    and, where the engine has one, a per-pixel ``confidence`` float32 in (0, 1] over
+    ``confidence_box`` of the slice (None: all of it; 1 outside it)."""
 
     scores: Scores
     confidence: np.ndarray | None = None
+    confidence_box: Box | None = None
 
 
 def to_cpu_half(output: PassOutput) -> PassOutput:
     scores = output.scores
     if isinstance(scores, torch.Tensor):
         scores = scores.to("cpu", torch.float16)
-    return PassOutput(scores, output.confidence)
+    return replace(output, scores=scores)
 
 
 def from_cpu_half(stored: PassOutput, like: PassOutput) -> PassOutput:
     scores = stored.scores
     if isinstance(scores, torch.Tensor):
         scores = scores.to(like.scores)
-    return PassOutput(scores, stored.confidence)
+    return replace(stored, scores=scores)

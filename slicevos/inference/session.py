@@ -46,6 +46,7 @@ float16 (L x H x W x 2 bytes per slice of the segment).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ import numpy as np
 import torch
 
 from slicevos.errors import InputError
+from slicevos.inference.box_scores import Box
 from slicevos.inference.fusion import (  # noqa: F401  (the session's public helpers)
     PassOutput,
     Scores,
@@ -107,9 +109,15 @@ class PassEngine:
         segment's other key (None beyond the outermost key)."""
         raise NotImplementedError
 
-    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
-        """(H, W) float32 doubt in [0, 1] per pixel of a slice seen from one key only (beyond
-        the outermost key); None: no doubt measure."""
+    def prepare(self, stop: threading.Event) -> None:
+        """Work ahead of the next correction while the session waits for the user (the flow
+        engine: the flows no pass has computed yet); returns when done or once ``stop`` is
+        set. Never called while a pass runs."""
+
+    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
+        """Float32 doubt in [0, 1] per pixel of a slice seen from one key only (beyond the
+        outermost key), and the box of the slice it covers (None: all of it; no doubt
+        outside it); None: no doubt measure."""
         raise NotImplementedError
 
 
@@ -362,6 +370,14 @@ class PropagationSession:
                     self.labels[z] = self.outputs.merge(z, shape)
                     track.up_to_date[z] = True
                     yield z, self.labels[z].copy()
+
+    def prepare(self, stop: threading.Event) -> None:
+        """Let every track's engine work ahead of the next correction
+        (:meth:`PassEngine.prepare`) until done or ``stop`` is set; not while propagating."""
+        for track in list(self.tracks):
+            if stop.is_set():
+                return
+            track.engine.prepare(stop)
 
     def _stored_objects(self, track: Track, result: SegmentResult) -> set[int]:
         """The track's objects, and labels its engine made that are no object of the session

@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+import torch
 
+from slicevos.inference.box_scores import over, union, within
 from slicevos.inference.fusion import (
     PassOutput,
+    Scores,
     from_cpu_half,
     fuse_directions,
     score_top,
@@ -90,10 +93,11 @@ class ObjectOutputs:
             table.pop(object_id, None)
 
     def put(self, object_id: int, z: int, mask: np.ndarray, strength: np.ndarray | float,
-            doubt: float = 0.0, pixels: int | None = None) -> None:
-        """Object ``object_id`` won ``mask`` (H, W) bool of slice ``z`` with ``strength``
-        ((H, W) or a number); ``doubt`` out of ``pixels`` (default: the mask's size) is what
-        its per-slice uncertainty reads."""
+            doubt: float = 0.0, pixels: int | None = None, box: Box | None = None) -> None:
+        """Object ``object_id`` won ``mask`` bool of slice ``z`` with ``strength`` (an array
+        like the mask, or a number); both cover ``box`` of the slice (None: all of it);
+        ``doubt`` out of ``pixels`` (default: the mask's size) is what its per-slice
+        uncertainty reads."""
         self.ensure(object_id)
         count = int(np.count_nonzero(mask))
         self.won[object_id][z] = count
@@ -103,10 +107,13 @@ class ObjectOutputs:
             self.crops[object_id].pop(z, None)
             return
         x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
-        box = (slice(y, y + h), slice(x, x + w))
-        values = (np.where(mask[box], strength[box], 0) if isinstance(strength, np.ndarray)
-                  else np.where(mask[box], strength, 0))
-        self.crops[object_id][z] = box, values.astype(np.float32 if not isinstance(
+        found = (slice(y, y + h), slice(x, x + w))
+        values = (np.where(mask[found], strength[found], 0) if isinstance(strength, np.ndarray)
+                  else np.where(mask[found], strength, 0))
+        if box is not None:
+            found = (slice(y + box[0].start, y + h + box[0].start),
+                     slice(x + box[1].start, x + w + box[1].start))
+        self.crops[object_id][z] = found, values.astype(np.float32 if not isinstance(
             strength, np.ndarray) else np.float16)
 
     def area(self, object_id: int) -> np.ndarray:
@@ -117,16 +124,19 @@ class ObjectOutputs:
     def merge(self, z: int, shape: tuple[int, int]) -> np.ndarray:
         """(H, W) uint8 labels of slice ``z``: per pixel the strongest object (ties: the lower
         id), background where none claims it."""
-        best = np.zeros(shape, np.float32)
         labels = np.zeros(shape, np.uint8)
-        for object_id in sorted(self.crops):
-            crop = self.crops[object_id].get(z)
-            if crop is None:
-                continue
-            box, values = crop
-            wins = values > best[box]
-            best[box][wins] = values[wins]
-            labels[box][wins] = object_id
+        crops = [(o, self.crops[o][z]) for o in sorted(self.crops) if z in self.crops[o]]
+        if not crops:
+            return labels
+        frame = union(*(box for _, (box, _) in crops))
+        best = np.zeros((frame[0].stop - frame[0].start, frame[1].stop - frame[1].start),
+                        np.float32)
+        framed = labels[frame]
+        for object_id, (box, values) in crops:
+            here = within(box, frame)
+            wins = values > best[here]
+            best[here][wins] = values[wins]
+            framed[here][wins] = object_id
         return labels
 
     def uncertainty(self, objects: Iterable[int]) -> np.ndarray:
@@ -143,28 +153,35 @@ class ObjectOutputs:
 
 
 class SegmentResult:
-    """One finished slice of a track: label values (H, W) uint8, winning strength (H, W)
-    float32, and per label value the doubt and the pixels it is out of."""
+    """One finished slice of a track over ``box`` of it (None: nothing; background all
+    over): label values uint8, winning strength float32 (both covering the box), and per
+    label value the doubt and the pixels it is out of."""
 
     def __init__(self, labels: np.ndarray, strength: np.ndarray | float,
-                 doubt: np.ndarray, pixels: np.ndarray) -> None:
+                 doubt: np.ndarray, pixels: np.ndarray, box: Box | None = None) -> None:
         self.labels, self.strength, self.doubt, self.pixels = labels, strength, doubt, pixels
+        self.box = box
+
+    @classmethod
+    def empty(cls) -> SegmentResult:
+        return cls(np.zeros((0, 0), np.uint8), 0.0, np.zeros(256), np.zeros(256, np.int64),
+                   (slice(0, 0), slice(0, 0)))
 
     @classmethod
     def from_channels(cls, lut: np.ndarray, channels: np.ndarray, strength: np.ndarray,
-                      doubt_map: np.ndarray | None = None,
+                      box: Box, doubt_map: np.ndarray | None = None,
                       pair: tuple[np.ndarray, np.ndarray] | None = None) -> SegmentResult:
-        """``pair``: the two directions' channels (doubt: the pixels either calls the object
-        on which they differ, out of the pixels either calls it); else ``doubt_map`` (H, W)
+        """``channels``, ``strength``, ``doubt_map`` and ``pair`` cover ``box`` of the slice.
+        ``pair``: the two directions' channels (doubt: the pixels either calls the object
+        on which they differ, out of the pixels either calls it); else ``doubt_map``
         summed over the object's pixels."""
         length = len(lut)
-        box = _nonzero_box(channels, *(pair or ()))
-        if box is None:
-            return cls(np.zeros(channels.shape, np.uint8), 0.0, np.zeros(256),
-                       np.zeros(256, np.int64))
+        found = _nonzero_box(channels, *(pair or ()))
+        if found is None:
+            return cls.empty()
         if pair is not None:
             # confusion counts of (forward channel, backward channel) in one pass
-            forward, backward = (c[box].ravel() for c in pair)
+            forward, backward = (c[found].ravel() for c in pair)
             confusion = np.bincount(forward * length + backward, minlength=length * length
                                     ).reshape(length, length)
             same = np.diag(confusion)
@@ -172,21 +189,31 @@ class SegmentResult:
             pixels = either - same
             doubt = (either - 2 * same).astype(np.float64)
         else:
-            flat = channels[box].ravel()
+            flat = channels[found].ravel()
             pixels = np.bincount(flat, minlength=length)
             doubt = (np.zeros(length) if doubt_map is None else np.bincount(
-                flat, weights=doubt_map[box].ravel(), minlength=length))
+                flat, weights=doubt_map[found].ravel(), minlength=length))
         by_label_doubt, by_label_pixels = np.zeros(256), np.zeros(256, np.int64)
         np.add.at(by_label_doubt, lut, doubt[:length])
         np.add.at(by_label_pixels, lut, pixels[:length])
-        return cls(lut[channels], strength, by_label_doubt, by_label_pixels)
+        return cls(lut[channels[found]], strength[found], by_label_doubt, by_label_pixels,
+                   (slice(box[0].start + found[0].start, box[0].start + found[0].stop),
+                    slice(box[1].start + found[1].start, box[1].start + found[1].stop)))
 
     def store(self, outputs: ObjectOutputs, objects: Iterable[int], z: int) -> None:
         for object_id in objects:
             mask = (self.labels == object_id) if self.pixels[object_id] else np.zeros(
                 self.labels.shape, bool)
             outputs.put(object_id, z, mask, self.strength, float(self.doubt[object_id]),
-                        int(self.pixels[object_id]))
+                        int(self.pixels[object_id]), self.box)
+
+
+def _extent(scores: Scores) -> Box | None:
+    """Where the scores can label anything: the boxes of BoxScores (None: none), all of a
+    dense tensor."""
+    if isinstance(scores, torch.Tensor):
+        return slice(0, scores.shape[-2]), slice(0, scores.shape[-1])
+    return scores.extent()
 
 
 def _nonzero_box(*channel_maps: np.ndarray) -> Box | None:
@@ -265,11 +292,9 @@ class Track:
         on that side; the session's fusion rule); ``disagreement`` (D, H, W) bool, if given,
         records where the directions differ."""
         engine, view = self.engine, self.view
-        shape = (view.height, view.width)
         if not view.object_ids:
-            empty = np.zeros(shape, np.uint8)
             for z in range(low, high):
-                yield z, SegmentResult(empty, 0.0, np.zeros(256), np.zeros(256, np.int64))
+                yield z, SegmentResult.empty()
             return
         lut = engine.label_lut(view.object_ids)
         if left is None or right is None:
@@ -277,22 +302,35 @@ class Track:
             for z, output in self._counted(engine.run_pass(
                     left if forward else right, None,
                     range(low, high)[::1 if forward else -1])):
-                channels, strength = score_top(output.scores)
-                yield z, SegmentResult.from_channels(lut, channels, strength,
-                                                     doubt_map=engine.pixel_doubt(output))
+                box = _extent(output.scores)
+                if box is None:
+                    yield z, SegmentResult.empty()
+                    continue
+                channels, strength = score_top(output.scores, box)
+                doubt = engine.pixel_doubt(output)
+                yield z, SegmentResult.from_channels(
+                    lut, channels, strength, box,
+                    doubt_map=None if doubt is None else over(*doubt, box, 0.0))
             return
         stored = {z: to_cpu_half(output) for z, output in self._counted(
             engine.run_pass(left, right, range(low, high)))}
         for z, backward in self._counted(engine.run_pass(right, left,
                                                          range(high - 1, low - 1, -1))):
             forward = from_cpu_half(stored.pop(z), backward)
-            pair = score_top(forward.scores)[0], score_top(backward.scores)[0]
+            extents = [e for e in map(_extent, (forward.scores, backward.scores)) if e]
             if disagreement is not None:
-                disagreement[z] = pair[0] != pair[1]
+                disagreement[z] = False
+            if not extents:
+                yield z, SegmentResult.empty()
+                continue
+            box = union(*extents)
+            pair = score_top(forward.scores, box)[0], score_top(backward.scores, box)[0]
+            if disagreement is not None:
+                disagreement[z][box] = pair[0] != pair[1]
             channels, strength = score_top(fuse_directions(
                 forward.scores, backward.scores, z, left, right, forward.confidence,
-                backward.confidence))
-            yield z, SegmentResult.from_channels(lut, channels, strength, pair=pair)
+                backward.confidence, forward.confidence_box, backward.confidence_box), box)
+            yield z, SegmentResult.from_channels(lut, channels, strength, box, pair=pair)
 
     def _counted(self, passes: Iterator[tuple[int, PassOutput]]
                  ) -> Iterator[tuple[int, PassOutput]]:

@@ -82,6 +82,8 @@ class Labeler:
         self.last_save: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
+        self._preparing: threading.Thread | None = None
+        self._stop_preparing = threading.Event()
         self.session = self._new_session(keys, organ_keys)
         for z, labels in keys.items():
             if not resumed:
@@ -138,6 +140,7 @@ class Labeler:
             if not self.has_keys:
                 raise InputError(None, "no key slice to propagate from",
                                  "draw an organ on at least one axial slice first")
+            self._stop_work_ahead()
             todo = self.session.pending_slices()
             self.progress = {"done": 0, "total": todo, "seconds": None}
             self.error = None
@@ -166,6 +169,31 @@ class Labeler:
                 steps.close()
             if not self._cancel.is_set():
                 self.progress["seconds"] = round(time.perf_counter() - started, 3)
+                if self.error is None:
+                    self._start_work_ahead()
+
+    def _start_work_ahead(self) -> None:
+        """While the user looks and draws, let the session work ahead of the next
+        correction (``PropagationSession.prepare``: the flow engine computes the flows a new
+        key will need) in a background thread that the next propagation stops first."""
+        self._stop_preparing.clear()
+        self._preparing = threading.Thread(target=self.session.prepare,
+                                           args=(self._stop_preparing,),
+                                           name="slicevos-prepare", daemon=True)
+        self._preparing.start()
+
+    def _stop_work_ahead(self) -> None:
+        if self._preparing is not None:
+            self._stop_preparing.set()
+            self._preparing.join()
+            self._preparing = None
+
+    def wait_work_ahead(self, timeout: float | None = None) -> None:
+        """Block until the work ahead of the next correction is done (what a user's time
+        to look and draw gives it)."""
+        thread = self._preparing
+        if thread is not None:
+            thread.join(timeout)
 
     # -- edits ---------------------------------------------------------------------------
 
@@ -291,6 +319,7 @@ class Labeler:
     def discard(self) -> dict[str, Any]:
         """Forget the autosaved keys and every drawing: back to the ``--labels`` keys."""
         with self._editing():
+            self._stop_work_ahead()  # it works on the session that is dropped
             self.sidecar.discard()
             for z, labels in self.start_keys.items():
                 self.sidecar.write_key(z, labels)
@@ -326,6 +355,7 @@ class Labeler:
     def close(self) -> None:
         """Stop propagating and write the final session state (the keys are on disk)."""
         self.stop()
+        self._stop_work_ahead()
         with self.lock:
             self.sidecar.write_state(output=str(self.output),
                                      closed=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -80,6 +80,28 @@ def test_correction_repropagates_only_its_two_segments(scans, open_client):
     np.testing.assert_array_equal(labeler.session.labels[8][others], labels_before[8][others])
 
 
+def test_flows_are_computed_ahead_while_the_user_draws(scans, open_client):
+    """After a propagation the page computes the flows a next key may need (both ways), so
+    a correction between two keys computes none; the labels are those of a session that
+    computed them on the way."""
+    scan = scans["lps"]
+    labeler, client = open_client(scan.ct)
+    for z in (4, 20):
+        draw_truth(client, scan.labels, z)
+    propagate_and_wait(client)
+    labeler.wait_work_ahead()
+    flows = labeler.session.engine.flows
+    assert flows.computed == len(flows._kept) == 2 * (SHAPE[0] - 1)
+    draw_truth(client, scan.labels, 12, organs=(1,))
+    propagate_and_wait(client)
+    assert flows.computed == 2 * (SHAPE[0] - 1)  # every flow came from the cache
+    session = labeler.propagator.start(labeler.image)
+    for z in (4, 12, 20):
+        session.set_keys_of_slice(z, *labeler.session.keys_of_slice(z))
+    cold = session.run()
+    assert (cold != labeler.session.labels).mean() < 1e-3  # float16 flows: a pixel or so
+
+
 def test_undo_restores_or_drops_the_key(scans, open_client):
     scan = scans["lps"]
     labeler, client = open_client(scan.ct)

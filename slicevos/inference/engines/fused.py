@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from slicevos.inference.box_scores import Box
 from slicevos.inference.engines.flow.engine import FlowPasses, FlowPropagator
 from slicevos.inference.engines.guided import GuidedPasses, GuidedPropagator
 from slicevos.inference.engines.mixing import NetworkAndFlowPasses, flow_probabilities
@@ -69,7 +70,7 @@ class FusedPasses(NetworkAndFlowPasses):
         self.network = stcn.stcn if isinstance(stcn, GuidedPasses) else stcn
         self.joint = self.network.net.joint
 
-    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
         return self.stcn.pixel_doubt(output)
 
 
@@ -90,7 +91,7 @@ class FusedPasses(NetworkAndFlowPasses):
             probs = (learned.scores if guided_scale is None
                      else (learned.scores / guided_scale).softmax(0))
             mixed = weight * probs + (1 - weight) * flow.to(probs)
-            yield z, PassOutput(mixed, warped.confidence)
+            yield z, PassOutput(mixed, warped.confidence, warped.confidence_box)
 
     def _on_stcn_channels(self, probs: torch.Tensor) -> torch.Tensor:
         """Flow's (O + 1) channels [background, *object_ids] -> the STCN's layout."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from slicevos.inference.box_scores import Box
 from slicevos.inference.engines.flow.engine import FlowPasses, FlowPropagator
 from slicevos.inference.engines.mixing import NetworkAndFlowPasses, prior_on_network_channels
 from slicevos.inference.engines.stcn.engine import Propagator, StcnPasses
@@ -53,7 +54,7 @@ class GuidedPasses(NetworkAndFlowPasses):
         self.joint_classes = net.num_classes if net.joint else None
         self.floor = -flow.config.clip
 
-    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
+    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
         return self.flow.pixel_doubt(output)
 
     def run_pass_with_flow(self, start: int, other: int | None, slices: range
@@ -76,7 +77,7 @@ class GuidedPasses(NetworkAndFlowPasses):
 
         for z, learned in self.stcn.run_pass(start, other, slices, prior, self.floor):
             warped = current.pop(z)
-            yield z, PassOutput(learned.scores, warped.confidence), warped
+            yield z, PassOutput(learned.scores, warped.confidence, warped.confidence_box), warped
 
     def run_pass(self, start: int, other: int | None,
                  slices: range) -> Iterator[tuple[int, PassOutput]]:

@@ -3,6 +3,7 @@ the flow scores as probabilities or as a network prior, and one pass engine over
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,3 +49,7 @@ class NetworkAndFlowPasses(PassEngine):
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.stcn.label_lut(object_ids)
+
+    def prepare(self, stop: threading.Event) -> None:
+        self.stcn.prepare(stop)
+        self.flow.prepare(stop)

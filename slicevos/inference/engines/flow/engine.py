@@ -60,6 +60,7 @@ to the volume's end:
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -211,8 +212,12 @@ class FlowPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
 
-    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
-        return None if output.confidence is None else 1.0 - output.confidence
+    def prepare(self, stop: threading.Event) -> None:
+        self.flows.warm(stop)
+
+    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
+        return (None if output.confidence is None
+                else (1.0 - output.confidence, output.confidence_box))
 
 
     def shapes(self, z: int) -> dict[int, ObjectShape]:
@@ -294,7 +299,8 @@ class FlowPasses(PassEngine):
                 if object_id in zones:
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
-            pending.append((z, PassOutput(scores, self._confidence(start, z, mapping))))
+            pending.append((z, PassOutput(scores, self._confidence(start, z, mapping),
+                                          mapping.box)))
             yield from release(pending, cfg.end_patience - 1)
         if walk is not None and order:
             walk.last, walk.mapping = order[-1], mapping
@@ -452,8 +458,8 @@ class FlowPasses(PassEngine):
         reach = int(np.ceil(np.abs(mapping[sample] - self.grid[sample]).max())) + 3
         region = mapping.clamp((slice(rows.start - reach, rows.stop + reach),
                                 slice(cols.start - reach, cols.stop + reach)))
-        local = np.ascontiguousarray(mapping[region] - np.array([shape.left, shape.top],
-                                                                np.float32))
+        # cv2: ~10x numpy's broadcast over the (x, y) axis
+        local = cv2.subtract(mapping[region], (float(shape.left), float(shape.top), 0.0, 0.0))
         scale = None
         if part_scales is not None:
             local, scale = scaled_lookup(shape, local, part_scales)
@@ -482,8 +488,8 @@ class FlowPasses(PassEngine):
         return self._key_supports[z, object_id]
 
     def _confidence(self, key: int, z: int, mapping: RegionMap) -> np.ndarray | None:
-        """(H, W) float32 in (0, 1]: the warp residual's confidence (module doc), computed
-        within :meth:`_confidence_region` (1 outside it, where no object can be)."""
+        """Float32 in (0, 1]: the warp residual's confidence (module doc) over the map's
+        box, :meth:`_confidence_region` (1 outside it, where no object can be)."""
         cfg = self.config
         if not cfg.use_confidence:
             return None
@@ -493,9 +499,7 @@ class FlowPasses(PassEngine):
         residual = cv2.absdiff(warped, self.stack[z][region]).astype(np.float32)
         if cfg.residual_sigma > 0:
             residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma)
-        confidence = np.ones((self.session.height, self.session.width), np.float32)
-        confidence[region] = np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
-        return confidence
+        return np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
 
     def _confidence_region(self, margin: int = 64) -> tuple[slice, slice]:
         """The bounding box of every object on every key of this track, grown by ``margin``

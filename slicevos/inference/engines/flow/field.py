@@ -14,7 +14,10 @@ that. Its edges are replicated, as the slice's are.
 Flows are not kept by default: each is used once per pass, so memory stays at a window of
 pending flows (2 x 4 bytes per pixel each). An interactive session, which re-propagates the
 same segments after each correction, keeps up to ``cache_mb`` of them (float16, 4 bytes per
-pixel; least recently used dropped first).
+pixel; least recently used dropped first). While it waits for the user it can compute the
+flows no pass has asked for yet (:meth:`FlowFields.warm`): a new key between two others
+needs the flows of the other direction there, and computing them is most of what such a
+correction would otherwise wait for.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class FlowFields:
         self._queue: list[tuple[int, int]] = []
         self._pending: dict[tuple[int, int], Future] = {}
         self._flow = SliceFlow(settings, self.height, self.width)
+        self.computed = 0  # flows computed so far (instrumentation; counted when handed out)
 
     def prefetch(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Queue the flows of ``pairs`` (in the order they will be asked for); flows queued
@@ -98,15 +102,44 @@ class FlowFields:
         kept = self._kept.get((a, b))
         if kept is not None:
             self._kept.move_to_end((a, b))
-            return kept  # float16: compose adds it to the float32 grid
+            return kept  # float16 (compose takes it as it is)
         pending = self._pending.pop((a, b), None)
         self._fill()
         flow = pending.result() if pending else self._compute(a, b)
+        self.computed += 1
         if self.cache_bytes:
             self._kept[a, b] = flow.astype(np.float16)
             while len(self._kept) * flow.size * 2 > self.cache_bytes:
                 self._kept.popitem(last=False)
         return flow
+
+    def warm(self, stop: threading.Event) -> int:
+        """Compute and keep the flows between adjacent slices, both ways, that are not kept
+        yet, ``threads`` at a time, until all are, the cache is full (none is dropped for
+        them) or ``stop`` is set; the number computed. Not while a pass runs (the caller
+        makes sure): it fills the same cache without a lock."""
+        if not self.cache_bytes:
+            return 0
+        slice_bytes = self.height * self.width * 2 * 2  # (H, W, 2) float16
+        room = self.cache_bytes // slice_bytes - len(self._kept)
+        missing = [(a, b) for a in range(self.depth) for b in (a - 1, a + 1)
+                   if 0 <= b < self.depth and (a, b) not in self._kept][:max(room, 0)]
+        threads = self.settings.threads
+        pool = _shared_pool(threads) if threads > 1 else None
+        done = 0
+        for first in range(0, len(missing), threads):
+            if stop.is_set():
+                break
+            batch = missing[first:first + threads]
+            # a flow an earlier pass queued but never asked for may be on its way already
+            flows = ([self._pending.pop(pair, None) or pool.submit(self._compute, *pair)
+                      for pair in batch] if pool else [self._compute(*pair) for pair in batch])
+            for pair, flow in zip(batch, flows, strict=True):
+                self._kept[pair] = (flow.result() if pool else flow).astype(np.float16)
+                self._kept.move_to_end(pair, last=False)  # the least recently used: first out
+                done += 1
+        self.computed += done
+        return done
 
     def _fill(self) -> None:
         if self.settings.threads < 2:

@@ -129,11 +129,13 @@ def unmatched_parts(shape: ObjectShape, other: np.ndarray | None) -> np.ndarray:
         rows = slice(max(0, box[0].start - reach), box[0].stop + reach)
         cols = slice(max(0, box[1].start - reach), box[1].stop + reach)
         part = (parts.labels[rows, cols] == i + 1).astype(np.uint8)
+        there = other[shape.top + rows.start:shape.top + rows.start + part.shape[0],
+                      shape.left + cols.start:shape.left + cols.start + part.shape[1]]
+        part = part[:there.shape[0], :there.shape[1]]
+        if (part.view(bool) & there).any():
+            continue  # they overlap: matched without the (large) dilation
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
-        near = cv2.dilate(part, kernel).astype(bool)
-        there = other[shape.top + rows.start:shape.top + rows.start + near.shape[0],
-                      shape.left + cols.start:shape.left + cols.start + near.shape[1]]
-        unmatched[i] = not (near[:there.shape[0], :there.shape[1]] & there).any()
+        unmatched[i] = not (cv2.dilate(part, kernel).view(bool) & there).any()
     return unmatched
 
 

@@ -148,8 +148,8 @@ class StcnPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.mode.label_lut(object_ids)
 
-    def pixel_doubt(self, output: PassOutput) -> np.ndarray | None:
-        return (1.0 - output.scores.max(0).values).float().cpu().numpy()
+    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, None]:
+        return (1.0 - output.scores.max(0).values).float().cpu().numpy(), None
 
     @torch.inference_mode()
     def run_pass(self, start: int, other: int | None, slices: range,
