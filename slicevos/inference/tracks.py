@@ -153,12 +153,12 @@ class ObjectOutputs:
 
 
 class SegmentResult:
-    """One finished slice of a track over ``box`` of it (None: nothing; background all
-    over): label values uint8, winning strength float32 (both covering the box), and per
-    label value the doubt and the pixels it is out of."""
+    """One finished slice of a track over ``box`` of it (background outside; an empty box
+    for an empty slice): label values uint8, winning strength float32 (both covering the
+    box), and per label value the doubt and the pixels it is out of."""
 
     def __init__(self, labels: np.ndarray, strength: np.ndarray | float,
-                 doubt: np.ndarray, pixels: np.ndarray, box: Box | None = None) -> None:
+                 doubt: np.ndarray, pixels: np.ndarray, box: Box) -> None:
         self.labels, self.strength, self.doubt, self.pixels = labels, strength, doubt, pixels
         self.box = box
 
