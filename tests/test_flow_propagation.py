@@ -162,6 +162,31 @@ def test_a_thin_vessel_ends_with_the_intensity_rule_too() -> None:
     assert (out[11:19] == 5).sum() > 0.5 * vessel.sum() * 8
 
 
+def test_an_organ_ends_where_it_runs_into_what_else_its_key_slice_shows() -> None:
+    """Soft tissue in fat, with bone elsewhere on every slice; past slice 20 the organ's place
+    turns to bone with a speckle of soft tissue (the stomach of a chest CT running into the
+    spine and the contrast-filled heart). Seen only against the fat around it, bone is no
+    evidence either way and the speckle keeps the organ going to the volume's end; the model
+    that also knows the rest of the key slice ends it there."""
+    depth, size = 40, 64
+    rng = np.random.default_rng(3)
+    hu = rng.normal(-100, 15, (depth, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    organ = (yy - 32) ** 2 + (xx - 24) ** 2 <= 36
+    hu[:, 4:16, 44:60] = 700.0  # bone, on every slice
+    hu[:, organ] = rng.normal(60, 10, (depth, int(organ.sum())))
+    speckle = rng.random((depth - 20, int(organ.sum()))) < 0.25
+    hu[20:, organ] = np.where(speckle, hu[20:, organ], 700.0)
+    labels = np.where(organ, 5, 0).astype(np.uint8)
+    last = {}
+    for context in (False, True):
+        out = propagate(hu, {10: labels}, FlowConfig(intensity_context=context))
+        last[context] = int(np.flatnonzero((out == 5).any(axis=(1, 2)))[-1])
+    assert last[False] == depth - 1
+    assert last[True] <= 22, last
+    assert FlowConfig().intensity_context
+
+
 def test_a_dip_shorter_than_the_patience_does_not_end_an_organ() -> None:
     """A bright tube, drawn on slice 30, looks like fat on slices 20-21 only and ends below
     slice 8. With ``end_patience`` 3 it crosses the two-slice dip and ends at slice 8 (the
@@ -377,6 +402,8 @@ def test_bad_input_errors() -> None:
         build_propagator("magic")
     with pytest.raises(InputError, match="end_patience"):
         FlowConfig(end_patience=0)
+    with pytest.raises(InputError, match="intensity_context"):
+        FlowConfig(intensity_context=0.5)
 
 
 def test_semi_automatic_pipeline_with_flow_checks_keys() -> None:

@@ -48,7 +48,10 @@ Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry
 to the volume's end:
 
 - ``intensity`` (default): each object's grey-value model from the key slices
-  (``shapes.intensity_models``: its histogram against a ring around it); in a pass
+  (``shapes.intensity_models``: its histogram against a ring around it; with
+  ``intensity_context`` a grey value never seen in the object, bone or a contrast-filled
+  vessel, counts against it as often as the rest of its key slices show it, rather than as
+  no evidence); in a pass
   beyond the outermost key an object ends for good where the fraction of
   its warped prediction whose log-likelihood ratio (blurred by ``intensity_sigma``, at most
   a third of the object's radius) is positive falls below ``end_support`` times that
@@ -111,6 +114,7 @@ class FlowConfig:
     use_confidence: bool = True
     end_rule: str = "intensity"
     intensity_sigma: float = 2.0
+    intensity_context: bool = True
     end_support: float = 0.3
     end_patience: int = 1
     absent_depth: float | None = 0.3
@@ -125,6 +129,7 @@ class FlowConfig:
             "residual_sigma": (self.residual_sigma >= 0, "a number >= 0"),
             "end_rule": (self.end_rule in END_RULES, f"one of {END_RULES}"),
             "intensity_sigma": (self.intensity_sigma >= 0, "a number >= 0"),
+            "intensity_context": (isinstance(self.intensity_context, bool), "true or false"),
             "end_support": (0 <= self.end_support < 1, "a fraction in [0, 1)"),
             "end_patience": (isinstance(self.end_patience, int) and self.end_patience >= 1,
                              "a number of slices >= 1"),
@@ -228,8 +233,9 @@ class FlowPasses(PassEngine):
 
     def intensity(self) -> dict[int, np.ndarray]:
         if self._llr is None:
-            self._llr = intensity_models((self.grey[z], labels)
-                                         for z, labels in self.session.key_masks.items())
+            self._llr = intensity_models(((self.grey[z], labels)
+                                          for z, labels in self.session.key_masks.items()),
+                                         context=self.config.intensity_context)
         return self._llr
 
     def run_pass(self, start: int, other: int | None,

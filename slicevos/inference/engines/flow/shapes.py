@@ -175,28 +175,43 @@ def key_shapes(labels: np.ndarray, clip: float,
 
 
 def intensity_models(keys: Iterable[tuple[np.ndarray, np.ndarray]], ring: int = 7,
-                     smooth: float = 4.0, floor: float = 1e-3) -> dict[int, np.ndarray]:
-    """Object id -> llr (256,) float32 from ``(grey (H, W) uint8, labels (H, W))`` key pairs."""
+                     smooth: float = 4.0, floor: float = 1e-3, context: bool = True
+                     ) -> dict[int, np.ndarray]:
+    """Object id -> llr (256,) float32 from ``(grey (H, W) uint8, labels (H, W))`` key pairs:
+    the object's grey values against those around it, a ``ring`` px band. With
+    ``context``, a grey value the object never shows on its keys also counts against it as
+    often as the rest of its key slices show it (what the flow may carry it into beyond
+    its neighbours: bone, contrast-filled vessels); without, a value seen neither in the
+    object nor in its ring scores 0, no evidence either way."""
     inside: dict[int, np.ndarray] = {}
     around: dict[int, np.ndarray] = {}
+    rest: dict[int, np.ndarray] = {}
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1))
     for grey, labels in keys:
+        every = np.bincount(grey.ravel(), minlength=256)
         for object_id in np.unique(labels):
             if object_id == 0:
                 continue
             mask = (labels == object_id).astype(np.uint8)
             band = cv2.dilate(mask, kernel).astype(bool) & ~mask.astype(bool)
-            inside.setdefault(int(object_id), np.zeros(256)).__iadd__(
-                np.bincount(grey[mask.astype(bool)], minlength=256))
+            own = np.bincount(grey[mask.astype(bool)], minlength=256)
+            inside.setdefault(int(object_id), np.zeros(256)).__iadd__(own)
             around.setdefault(int(object_id), np.zeros(256)).__iadd__(
                 np.bincount(grey[band], minlength=256))
-    return {o: _log_ratio(inside[o], around[o], smooth, floor) for o in inside}
+            rest.setdefault(int(object_id), np.zeros(256)).__iadd__(every - own)
+    return {o: _log_ratio(inside[o], around[o], smooth, floor, rest[o], context)
+            for o in inside}
 
 
-def _log_ratio(inside: np.ndarray, around: np.ndarray, smooth: float,
-               floor: float) -> np.ndarray:
+def _log_ratio(inside: np.ndarray, around: np.ndarray, smooth: float, floor: float,
+               rest: np.ndarray, context: bool) -> np.ndarray:
     def density(hist: np.ndarray) -> np.ndarray:
         blurred = cv2.GaussianBlur(hist.astype(np.float32)[None], (0, 0), smooth)[0]
-        return blurred / max(float(blurred.sum()), 1.0) + floor / 256
+        return blurred / max(float(blurred.sum()), 1.0)
 
-    return np.log(density(inside) / density(around)).astype(np.float32)
+    own = density(inside)
+    outside = density(around)
+    if context:
+        # grey values the object never shows on its keys: what else its key slices show there
+        outside = outside + np.where(own < floor / 256, density(rest), 0.0)
+    return np.log((own + floor / 256) / (outside + floor / 256)).astype(np.float32)
