@@ -109,7 +109,7 @@ class PassEngine:
         segment's other key (None beyond the outermost key)."""
         raise NotImplementedError
 
-    def prepare(self, stop: threading.Event) -> None:
+    def work_ahead(self, stop: threading.Event) -> None:
         """Work ahead of the next correction while the session waits for the user (the flow
         engine: the flows no pass has computed yet); returns when done or once ``stop`` is
         set. Never called while a pass runs."""
@@ -371,13 +371,13 @@ class PropagationSession:
                     track.up_to_date[z] = True
                     yield z, self.labels[z].copy()
 
-    def prepare(self, stop: threading.Event) -> None:
+    def work_ahead(self, stop: threading.Event) -> None:
         """Let every track's engine work ahead of the next correction
-        (:meth:`PassEngine.prepare`) until done or ``stop`` is set; not while propagating."""
+        (:meth:`PassEngine.work_ahead`) until done or ``stop`` is set; not while propagating."""
         for track in list(self.tracks):
             if stop.is_set():
                 return
-            track.engine.prepare(stop)
+            track.engine.work_ahead(stop)
 
     def _stored_objects(self, track: Track, result: SegmentResult) -> set[int]:
         """The track's objects, and labels its engine made that are no object of the session

@@ -82,8 +82,8 @@ class Labeler:
         self.last_save: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
-        self._preparing: threading.Thread | None = None
-        self._stop_preparing = threading.Event()
+        self._ahead: threading.Thread | None = None
+        self._stop_ahead = threading.Event()
         self.session = self._new_session(keys, organ_keys)
         for z, labels in keys.items():
             if not resumed:
@@ -174,24 +174,23 @@ class Labeler:
 
     def _start_work_ahead(self) -> None:
         """While the user looks and draws, let the session work ahead of the next
-        correction (``PropagationSession.prepare``: the flow engine computes the flows a new
+        correction (``PropagationSession.work_ahead``: the flow engine computes the flows a new
         key will need) in a background thread that the next propagation stops first."""
-        self._stop_preparing.clear()
-        self._preparing = threading.Thread(target=self.session.prepare,
-                                           args=(self._stop_preparing,),
-                                           name="slicevos-prepare", daemon=True)
-        self._preparing.start()
+        self._stop_ahead.clear()
+        self._ahead = threading.Thread(target=self.session.work_ahead, args=(self._stop_ahead,),
+                                       name="slicevos-work-ahead", daemon=True)
+        self._ahead.start()
 
     def _stop_work_ahead(self) -> None:
-        if self._preparing is not None:
-            self._stop_preparing.set()
-            self._preparing.join()
-            self._preparing = None
+        if self._ahead is not None:
+            self._stop_ahead.set()
+            self._ahead.join()
+            self._ahead = None
 
     def wait_work_ahead(self, timeout: float | None = None) -> None:
         """Block until the work ahead of the next correction is done (what a user's time
         to look and draw gives it)."""
-        thread = self._preparing
+        thread = self._ahead
         if thread is not None:
             thread.join(timeout)
 

@@ -50,6 +50,6 @@ class NetworkAndFlowPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.stcn.label_lut(object_ids)
 
-    def prepare(self, stop: threading.Event) -> None:
-        self.stcn.prepare(stop)
-        self.flow.prepare(stop)
+    def work_ahead(self, stop: threading.Event) -> None:
+        self.stcn.work_ahead(stop)
+        self.flow.work_ahead(stop)

@@ -217,7 +217,7 @@ class FlowPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
 
-    def prepare(self, stop: threading.Event) -> None:
+    def work_ahead(self, stop: threading.Event) -> None:
         self.flows.warm(stop)
 
     def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
