@@ -137,6 +137,16 @@ def within(box: Box, outer: Box) -> Box:
             slice(box[1].start - left, box[1].stop - left))
 
 
+def placed(box: Box, outer: Box | None) -> Box:
+    """``box``, given in the coordinates of an array covering ``outer`` of the slice (None:
+    all of it), in slice coordinates (the inverse of :func:`within`)."""
+    if outer is None:
+        return box
+    top, left = outer[0].start, outer[1].start
+    return (slice(box[0].start + top, box[0].stop + top),
+            slice(box[1].start + left, box[1].stop + left))
+
+
 def over(values: np.ndarray, values_box: Box | None, box: Box, fill: float) -> np.ndarray:
     """``values`` (covering ``values_box`` of a slice; None: all of it) read over ``box`` of
     the slice, ``fill`` where they do not reach (a view where ``box`` lies inside)."""

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from slicevos.inference.box_scores import over, union, within
+from slicevos.inference.box_scores import over, placed, union, within
 from slicevos.inference.fusion import (
     PassOutput,
     Scores,
@@ -110,10 +110,7 @@ class ObjectOutputs:
         found = (slice(y, y + h), slice(x, x + w))
         values = (np.where(mask[found], strength[found], 0) if isinstance(strength, np.ndarray)
                   else np.where(mask[found], strength, 0))
-        if box is not None:
-            found = (slice(y + box[0].start, y + h + box[0].start),
-                     slice(x + box[1].start, x + w + box[1].start))
-        self.crops[object_id][z] = found, values.astype(np.float32 if not isinstance(
+        self.crops[object_id][z] = placed(found, box), values.astype(np.float32 if not isinstance(
             strength, np.ndarray) else np.float16)
 
     def area(self, object_id: int) -> np.ndarray:
@@ -197,8 +194,7 @@ class SegmentResult:
         np.add.at(by_label_doubt, lut, doubt[:length])
         np.add.at(by_label_pixels, lut, pixels[:length])
         return cls(lut[channels[found]], strength[found], by_label_doubt, by_label_pixels,
-                   (slice(box[0].start + found[0].start, box[0].start + found[0].stop),
-                    slice(box[1].start + found[1].start, box[1].start + found[1].stop)))
+                   placed(found, box))
 
     def store(self, outputs: ObjectOutputs, objects: Iterable[int], z: int) -> None:
         for object_id in objects:
