@@ -10,7 +10,7 @@ import torch
 from test_propagation_session import make_net, volume  # tests/ is on sys.path
 
 from slicevos.errors import InputError
-from slicevos.inference.engines.flow.engine import FlowPropagator
+from slicevos.inference.engines.flow.engine import OUTER_REACH, FlowPropagator
 from slicevos.inference.engines.stcn.engine import Propagator
 from slicevos.inference.suggestions import suggest_slices
 from slicevos.phantom import PhantomConfig, make_phantom
@@ -66,6 +66,42 @@ def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
     dice = lambda p: 2 * (p & (truth[near] == target)).sum() / (  # noqa: E731
         p.sum() + (truth[near] == target).sum())
     assert dice(after[near] == target) >= dice(first[near] == target)
+
+
+def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom) -> None:
+    """The labels are a function of the keys, not of the order they came in. A pass beyond
+    an organ's outermost key reads the OUTER_REACH outermost keys on its side (its end model
+    and second opinion), so a change to one of those redoes that pass; a key with that many
+    keys on each side redoes only its own segments. The result equals a fresh
+    session given every key at once."""
+    truth = phantom.labels
+    depth = len(truth)
+    reach = OUTER_REACH
+    session, organs = start_organs(phantom, 3)
+    session.run()
+    for organ in organs:
+        mid = middle(truth, organ)
+        assert 0 <= mid - 2 * reach and mid + 2 * reach < depth
+
+        def redone_after(z: int, organ: int = organ) -> set[int]:
+            session.add_object_mask(z, organ, truth[z] == organ)  # may be past its end
+            return {z for z, _ in session.propagate()}
+
+        far = mid + 2 * reach
+        # below the middle key too: the new key is the next one inward from it
+        assert redone_after(far) == set(range(depth)) - {mid, far}
+        for i in range(1, reach + 1):
+            for z in (mid - 2 * i, mid + 2 * i):
+                if z != far:
+                    redone_after(z)
+        assert redone_after(mid) == {mid - 1, mid + 1}  # ``reach`` keys on each side
+        # one of the keys the pass beyond the upper end reads
+        assert redone_after(mid + 2) == {mid + 1, mid + 3} | set(range(far + 1, depth))
+    fresh = flow_session(phantom)
+    for organ in organs:
+        for z in session.organ_keys[organ]:
+            fresh.add_object_mask(z, organ, truth[z] == organ)
+    np.testing.assert_array_equal(session.labels, fresh.run())
 
 
 def test_whole_key_vouches_absent_organs_and_absorbs_organ_keys(phantom) -> None:

@@ -36,9 +36,12 @@ docs/propagation.md); beyond the outermost keys (one direction) the engine's
 :meth:`PassEngine.one_direction_uncertainty`. ``keep_disagreement_map=True`` also keeps the
 pixel map of direction disagreement.
 
-Re-propagation: :meth:`PropagationSession.add_mask` on a propagated session marks only the
-segments next to that key dirty; the next :meth:`~PropagationSession.propagate` recomputes
-those (between the neighbouring keys, or to the volume end) and keeps every other label.
+Re-propagation: :meth:`PropagationSession.add_mask` on a propagated session marks the
+segments next to that key dirty, and the segments beyond the outermost keys whose passes
+read it (:meth:`PassEngine.keys_changed`: the flow engine's end rule reads the three
+outermost keys of a side); the next :meth:`~PropagationSession.propagate` recomputes those
+and keeps every other label. So the labels depend on the keys only, not on the order in
+which they came: a fresh session given the same keys gives the same labels.
 
 Memory: forward-pass scores of a two-key segment wait for the backward pass on the CPU in
 float16 (L x H x W x 2 bytes per slice of the segment).
@@ -95,9 +98,12 @@ class PassEngine:
     def check_key(self, z: int, labels: np.ndarray) -> None:
         """Raise InputError for key labels this engine cannot take."""
 
-    def keys_changed(self, z: int, objects_changed: bool) -> None:
+    def keys_changed(self, z: int, objects_changed: bool) -> int:
         """Key slice ``z`` was set, replaced or removed; ``objects_changed``: the object list
-        changed."""
+        changed. Returns how many of the outermost keys on each side a pass beyond them reads
+        (0: only its own key; the flow engine's end rule: 2), so that a change to one of
+        them redoes that pass too, as a fresh session with the same keys would do it."""
+        return 0
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         """uint8 (L,): the label of each score channel (applied to the argmax)."""

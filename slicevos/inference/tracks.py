@@ -243,15 +243,22 @@ class Track:
 
     def key_changed(self, z: int) -> None:
         """Key ``z`` of this track was set, replaced or removed: re-read the keys, tell the
-        engine, and mark the slices between ``z``'s neighbouring keys out of date."""
+        engine, and mark the slices between ``z``'s neighbouring keys out of date, and those
+        beyond the outermost key of a side where its pass reads ``z`` (the engine's reach)."""
         before = list(self.view.object_ids)
         self.view.refresh()
-        self.engine.keys_changed(z, self.view.object_ids != before)
+        reach = self.engine.keys_changed(z, self.view.object_ids != before)
         keys = self.key_slices
         below = [k for k in keys if k < z]
         above = [k for k in keys if k > z]
         low, high = (max(below) + 1 if below else 0), (min(above) if above else self.depth)
         self.up_to_date[low:high] = False
+        if reach and keys:
+            # z among the ``reach`` outermost keys of a side (before or after the change)
+            if len(below) < reach:
+                self.up_to_date[:keys[0]] = False
+            if len(above) < reach:
+                self.up_to_date[keys[-1] + 1:] = False
         if z in self.view.key_masks:
             self.up_to_date[z] = True
 

@@ -55,7 +55,7 @@ def test_draw_propagate_save_in_input_geometry(scans, open_client, tmp_path, lay
     assert scan.ct.read_bytes() == before  # the input is never touched
 
 
-def test_correction_repropagates_only_its_two_segments(scans, open_client):
+def test_correction_repropagates_its_segments_and_the_ends_that_read_it(scans, open_client):
     scan = scans["lps"]
     labeler, client = open_client(scan.ct)
     for z in (4, 12, 20):
@@ -72,8 +72,10 @@ def test_correction_repropagates_only_its_two_segments(scans, open_client):
     status = propagate_and_wait(client)
     assert status["keys"] == [4, 8, 12, 20] and status["organ_keys"] == {"1": [8]}
     changed = np.flatnonzero(np.array(status["revisions"]) != revisions_before).tolist()
-    assert changed == [5, 6, 7, 8, 9, 10, 11]  # the segments 4..8 and 8..12 only
-    untouched = np.r_[0:5, 12:SHAPE[0]]
+    # the segments 4..8 and 8..12, and beyond the outermost keys: the end rule there reads
+    # the three keys nearest each end, and 8 is one of them on both sides; not 12..20
+    assert changed == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, *range(21, SHAPE[0])]
+    untouched = np.r_[12:21]
     np.testing.assert_array_equal(labeler.session.labels[untouched], labels_before[untouched])
     # the other organs on slice 8 stay propagated: only organ 1 was redrawn there
     others = ~np.isin(labels_before[8], [0, 1]) & (labeler.session.labels[8] != 1)

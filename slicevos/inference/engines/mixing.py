@@ -43,9 +43,9 @@ class NetworkAndFlowPasses(PassEngine):
     def check_key(self, z: int, labels: np.ndarray) -> None:
         self.stcn.check_key(z, labels)
 
-    def keys_changed(self, z: int, objects_changed: bool) -> None:
-        self.stcn.keys_changed(z, objects_changed)
-        self.flow.keys_changed(z, objects_changed)
+    def keys_changed(self, z: int, objects_changed: bool) -> int:
+        return max(self.stcn.keys_changed(z, objects_changed),
+                   self.flow.keys_changed(z, objects_changed))
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.stcn.label_lut(object_ids)

@@ -47,18 +47,27 @@ these values: docs/propagation.md.
 Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry an organ on
 to the volume's end:
 
-- ``intensity`` (default): each object's grey-value model from the key slices
-  (``shapes.intensity_models``: its histogram against a ring around it; with
-  ``intensity_context`` a grey value never seen in the object, bone or a contrast-filled
-  vessel, counts against it as often as the rest of its key slices show it, rather than as
-  no evidence); in a pass
-  beyond the outermost key an object ends for good where the fraction of
-  its warped prediction whose log-likelihood ratio (blurred by ``intensity_sigma``, at most
-  a third of the object's radius) is positive falls below ``end_support`` times that
-  fraction on its own key for ``end_patience`` slices in a row (it ends on the first of
-  them; with more than 1 a shorter dip, the flow drifting off a tube for a slice or two,
-  does not end it, but an organ whose end flickers runs on: docs/labeling.md, measured);
+- ``intensity`` (default): each object's grey-value model from the ``END_MODEL_KEYS``
+  outermost keys on that side (``shapes.intensity_models``: its histogram
+  against a ring around it; with ``intensity_context`` a grey value never seen in the
+  object, bone or a contrast-filled vessel, counts against it as often as the rest of those
+  key slices show it, rather than as no evidence); in a pass beyond the outermost key an
+  object ends for good where the fraction of its warped prediction whose log-likelihood
+  ratio (blurred by ``intensity_sigma``, at most a third of the object's radius) is
+  positive falls below ``end_support`` times that fraction on its own key for
+  ``end_patience`` slices in a row (it ends on the first of them; with more than 1 a
+  shorter dip, the flow drifting off a tube for a slice or two, does not end it, but an
+  organ whose end flickers runs on: docs/labeling.md, measured), and no later than where
+  the same rule, walking from the ``OPINIONS`` next keys inward, ends it (the second
+  opinions);
 - ``none``: plain warping.
+
+What a pass reads, so that a correction redoes only what a fresh session with the same keys
+would compute differently (labels depend on the keys, not on their order): a pass between
+two keys reads those two keys; a pass beyond the outermost key reads the ``OUTER_REACH``
+outermost keys on its side (:meth:`FlowPasses.keys_changed` says so to the session).
+Both compose their maps over the track's region (every key's objects, grown by 64 px),
+which a key elsewhere can widen; that moves nothing but the region's edges.
 """
 
 from __future__ import annotations
@@ -98,6 +107,12 @@ from slicevos.preprocessing.windowing import Window, resolve_windows
 END_RULES = ("none", "intensity")
 END_PROFILES = ("erode", "taper", "ellipse")
 ABSTAIN = -1e-3  # the score of an object a pass leaves to the other direction (just below 0)
+# beyond the outermost key: the keys nearest the end whose grey values make the end rule's
+# model (that key and the next ones inward), and the keys inward of it whose end-rule walks
+# cap the pass (the second opinions); docs/labeling.md, "Labels follow the keys"
+END_MODEL_KEYS = 3
+OPINIONS = 1
+OUTER_REACH = max(END_MODEL_KEYS, 1 + OPINIONS)  # the outermost keys such a pass reads
 
 
 @dataclass(frozen=True)
@@ -196,23 +211,27 @@ class FlowPasses(PassEngine):
             self.stack, settings, cache_mb=config.flow_cache_mb))
         self.grid = identity_map(session.height, session.width)
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
-        self._llr: dict[int, np.ndarray] | None = None
-        self._key_supports: dict[tuple[int, int], float] = {}  # (key z, object) -> support
-        self._argmax: dict[str, Any] | None = None
+        self._llr: dict[tuple[int, ...], dict[int, np.ndarray]] = {}  # model keys -> models
+        # (key z, object, model keys) -> support
+        self._key_supports: dict[tuple[int, int, tuple[int, ...]], float] = {}
+        self._argmax: dict[tuple[int, ...], dict[str, Any]] = {}  # segment keys -> rule
         self._region: tuple[slice, slice] | None = None
         self._local_grid: np.ndarray | None = None
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         self._walks: dict[tuple[int, int], _Walk] = {}  # (key, step) -> its end-rule walk
 
-    def keys_changed(self, z: int, objects_changed: bool) -> None:
+    def keys_changed(self, z: int, objects_changed: bool) -> bool:
         self._shapes.pop(z, None)
-        self._llr = None  # every key feeds every object's model: all supports change too
+        self._llr.clear()
         self._key_supports.clear()
-        self._argmax = None
+        self._argmax.clear()
         self._region = None
         self._local_grid = None
         self._unmatched.clear()
         self._walks.clear()
+        # a pass beyond the outermost key reads the OUTER_REACH outermost keys (its end
+        # model and second opinions): a change to any of them redoes it
+        return OUTER_REACH if self.config.end_rule != "none" else 0
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -231,12 +250,22 @@ class FlowPasses(PassEngine):
                                          self.config.outside_depth)
         return self._shapes[z]
 
-    def intensity(self) -> dict[int, np.ndarray]:
-        if self._llr is None:
-            self._llr = intensity_models(((self.grey[z], labels)
-                                          for z, labels in self.session.key_masks.items()),
-                                         context=self.config.intensity_context)
-        return self._llr
+    def intensity(self, keys: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """Object -> llr (256,) from the key slices ``keys`` (``shapes.intensity_models``)."""
+        if keys not in self._llr:
+            self._llr[keys] = intensity_models(
+                ((self.grey[z], self.session.key_masks[z]) for z in keys),
+                context=self.config.intensity_context)
+        return self._llr[keys]
+
+    def _end_model(self, key: int, step: int) -> tuple[int, ...]:
+        """The keys whose intensity models end objects in a pass beyond the outermost key
+        ``key`` (going ``step``): the ``END_MODEL_KEYS`` nearest the end, that key first
+        (an organ's grey values near its end, not those of its middle; and all that a key
+        change far from the end leaves alone)."""
+        inner = sorted((k for k in self.session.key_masks if (k - key) * step < 0),
+                       key=lambda k: abs(k - key))
+        return tuple(sorted((key, *inner[:END_MODEL_KEYS - 1])))
 
     def run_pass(self, start: int, other: int | None,
                  slices: range) -> Iterator[tuple[int, PassOutput]]:
@@ -248,6 +277,8 @@ class FlowPasses(PassEngine):
         second = (self._second_opinion(start, step)
                   if other is None and cfg.end_rule != "none" else None)
         caps = next(second) if second is not None else {}
+        model = self._end_model(start if other is None else other, step)
+        segment = (start,) if other is None else tuple(sorted((start, other)))
         self.flows.prefetch((z, z - step) for z in order)
         channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
         shapes = self.shapes(start)
@@ -268,7 +299,7 @@ class FlowPasses(PassEngine):
                 # every object has ended beyond the outermost key: the rest is background
                 pending.append((z, PassOutput(BoxScores(
                     (self.session.height, self.session.width), fill,
-                    **self._argmax_rule(channel)))))
+                    **self._argmax_rule(channel, segment)))))
                 yield from release(pending, cfg.end_patience - 1)
                 continue
             flow = self.flows.flow(z, previous)
@@ -279,7 +310,7 @@ class FlowPasses(PassEngine):
             for object_id, score in absent.items():
                 fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
-                               **self._argmax_rule(channel))
+                               **self._argmax_rule(channel, segment))
             for object_id, shape in shapes.items():
                 if object_id in ended:
                     continue
@@ -291,10 +322,10 @@ class FlowPasses(PassEngine):
                 region, warped = self._warp(shape, mapping, fade)
                 if walk is not None and object_id not in walk.watch.ends:
                     walk.watch.update(object_id, z, self._ends(start, object_id, shape, z,
-                                                               region, warped))
+                                                               region, warped, model))
                 if other is None and cfg.end_rule != "none":
                     end = watch.update(object_id, z, self._ends(start, object_id, shape, z,
-                                                                region, warped))
+                                                                region, warped, model))
                     if end is not None:
                         ended.add(object_id)
                         for held, output in pending:
@@ -370,28 +401,44 @@ class FlowPasses(PassEngine):
         return np.where(fading, scale, 1).astype(np.float32)
 
     def _ends(self, key: int, object_id: int, shape: ObjectShape, z: int,
-              region: tuple[slice, slice], warped: np.ndarray) -> bool:
-        """The intensity end rule: the object, warped from ``key`` onto ``z``, has ended."""
-        return self._support(object_id, z, region, warped, shape.radius) < (
-            self.config.end_support * self._key_support(key, object_id, shape))
+              region: tuple[slice, slice], warped: np.ndarray, model: tuple[int, ...]) -> bool:
+        """The intensity end rule: the object, warped from ``key`` onto ``z``, has ended
+        (``model``: the keys of the intensity model, :meth:`_end_model`)."""
+        return self._support(object_id, z, region, warped, shape.radius, model) < (
+            self.config.end_support * self._key_support(key, object_id, shape, model))
 
     def _second_opinion(self, start: int, step: int
                         ) -> Generator[dict[int, int], np.ndarray | None, None]:
-        """Where the objects end seen from the key before ``start`` (the next key inward),
-        for the objects whose end from there lies beyond ``start``: object -> slice. A pass
-        beyond the outermost key ends each object no later than this, so a key near an
-        organ's end that looks like what follows (the IVC entering the right atrium) cannot
-        carry the organ further than the keys before it saw it go.
+        """Where the objects end seen from the ``OPINIONS`` keys before ``start`` (the
+        nearest inward), for the objects whose end from there lies beyond ``start``: object
+        -> the nearest such slice. A pass beyond the outermost key ends each object no later
+        than this, so a key near an organ's end that looks like what follows (the IVC
+        entering the right atrium; a gallbladder's last slices, two keys there) cannot carry
+        the organ further than the keys before it saw it go.
 
         A generator, walking in step with the pass so that it goes no further than the
         pass does: primed with ``next`` (walks up to ``start``), then sent the pass's flow
         onto each of its slices in turn, it gives the ends found so far."""
-        inner = [k for k in self.session.key_masks if (k - start) * step < 0]
+        inner = sorted((k for k in self.session.key_masks if (k - start) * step < 0),
+                       key=lambda k: abs(k - start))[:OPINIONS]
+        model = self._end_model(start, step)
+        walks = [self._opinion(key, start, step, model) for key in inner]
+        for walk in walks:
+            next(walk)
         caps: dict[int, int] = {}
-        if not inner:
-            while True:
-                yield caps
-        key = min(inner, key=lambda k: abs(k - start))
+        while True:
+            flow = yield caps
+            for ends in [walk.send(flow) for walk in walks]:
+                for o, e in ends.items():
+                    if (e - start) * step > 0 and (e - caps.get(o, e)) * step <= 0:
+                        caps[o] = e
+
+    def _opinion(self, key: int, start: int, step: int, model: tuple[int, ...]
+                 ) -> Generator[dict[int, int], np.ndarray | None, None]:
+        """The end-rule walk from ``key`` (inward of ``start``) for :meth:`_second_opinion`:
+        primed, it walks up to ``start`` (going on from where the pass from ``key`` to
+        ``start`` left its walk); then each flow sent walks one slice on. Gives the ends
+        found so far (object -> slice)."""
         shapes = self.shapes(key)
         walk = self._walks.pop((key, step), None)
         if walk is not None and walk.last == start - step:
@@ -405,18 +452,16 @@ class FlowPasses(PassEngine):
         self.flows.prefetch((z, z - step) for z in before)
         for z in before:
             if len(ends) < len(shapes):
-                self._walk_ends(key, shapes, z, self.flows.flow(z, z - step), mapping, watch)
-        flow = yield caps
-        for z in range(start + step, self.session.depth if step > 0 else -1, step):
-            if len(ends) < len(shapes) and flow is not None:
-                self._walk_ends(key, shapes, z, flow, mapping, watch)
-            caps.update((o, e) for o, e in ends.items() if (e - start) * step > 0)
-            flow = yield caps
+                self._walk_ends(key, shapes, z, self.flows.flow(z, z - step), mapping, watch,
+                                model)
+        z = start
         while True:
-            yield caps
-
+            flow = yield ends
+            z += step
+            if len(ends) < len(shapes) and flow is not None:
+                self._walk_ends(key, shapes, z, flow, mapping, watch, model)
     def _walk_ends(self, key: int, shapes: dict[int, ObjectShape], z: int, flow: np.ndarray,
-                   mapping: RegionMap, watch: EndWatch) -> None:
+                   mapping: RegionMap, watch: EndWatch, model: tuple[int, ...]) -> None:
         """One slice ``z`` of a second-opinion walk from ``key`` (``flow`` from ``z`` onto
         the slice before it): the end rule for every object not ended yet (``watch``
         updated)."""
@@ -424,23 +469,24 @@ class FlowPasses(PassEngine):
         for object_id, shape in shapes.items():
             if object_id not in watch.ends:
                 watch.update(object_id, z, self._ends(key, object_id, shape, z,
-                                                      *self._warp(shape, mapping)))
+                                                      *self._warp(shape, mapping), model))
 
-    def _argmax_rule(self, channel: dict[int, int]) -> dict[str, Any]:
+    def _argmax_rule(self, channel: dict[int, int], keys: tuple[int, ...]) -> dict[str, Any]:
         """:class:`BoxScores` ``scale``: (O + 1,) each object's size for the argmax, its
-        largest radius over the keys, between 1 px and ``clip`` (depths saturate there), 1
-        for the background; and ``nested``: the channels of objects that another object
-        holds on some key (cached until keys change)."""
-        if self._argmax is None:
+        largest radius over the segment's ``keys``, between 1 px and ``clip`` (depths
+        saturate there), 1 for the background; and ``nested``: the channels of objects that
+        another object holds on one of those keys (cached until keys change). Only the
+        segment's keys, so that a key elsewhere leaves the segment as it is."""
+        if keys not in self._argmax:
             scale = np.ones(len(channel) + 1, np.float32)
             nested: set[int] = set()
-            for z in self.session.key_masks:
+            for z in keys:
                 for object_id, shape in self.shapes(z).items():
                     c = channel[object_id]
                     scale[c] = max(scale[c], min(shape.radius, self.config.clip))
                     nested.update(channel[o] for o in shape.holds if o in channel)
-            self._argmax = {"scale": scale, "nested": frozenset(nested)}
-        return self._argmax
+            self._argmax[keys] = {"scale": scale, "nested": frozenset(nested)}
+        return self._argmax[keys]
 
     def _region_map(self) -> RegionMap:
         """A fresh map of the key onto itself over the track's region (``_confidence_region``),
@@ -476,22 +522,23 @@ class FlowPasses(PassEngine):
         return region, warped
 
     def _support(self, object_id: int, z: int, region: tuple[slice, slice],
-                 warped: np.ndarray, radius: float) -> float:
+                 warped: np.ndarray, radius: float, model: tuple[int, ...]) -> float:
         """:func:`~slicevos.inference.engines.flow.ends.support` of the object on slice
-        ``z``."""
-        return support(self.intensity()[object_id][self.grey[z][region]], warped,
+        ``z`` under the intensity model of the keys ``model``."""
+        return support(self.intensity(model)[object_id][self.grey[z][region]], warped,
                        self.config.intensity_sigma, radius)
 
-    def _key_support(self, z: int, object_id: int, shape: ObjectShape) -> float:
+    def _key_support(self, z: int, object_id: int, shape: ObjectShape,
+                     model: tuple[int, ...]) -> float:
         """:meth:`_support` of the object on its own key slice ``z`` (the yardstick; cached,
         as every slice of a pass beyond the outermost key compares against it)."""
-        if (z, object_id) not in self._key_supports:
+        if (z, object_id, model) not in self._key_supports:
             height, width = shape.distance.shape
             region = (slice(shape.top, shape.top + height),
                       slice(shape.left, shape.left + width))
-            self._key_supports[z, object_id] = self._support(object_id, z, region,
-                                                             shape.distance, shape.radius)
-        return self._key_supports[z, object_id]
+            self._key_supports[z, object_id, model] = self._support(
+                object_id, z, region, shape.distance, shape.radius, model)
+        return self._key_supports[z, object_id, model]
 
     def _confidence(self, key: int, z: int, mapping: RegionMap) -> np.ndarray | None:
         """Float32 in (0, 1]: the warp residual's confidence (module doc) over the map's
