@@ -101,7 +101,7 @@ class PassEngine:
     def keys_changed(self, z: int, objects_changed: bool) -> int:
         """Key slice ``z`` was set, replaced or removed; ``objects_changed``: the object list
         changed. Returns how many of the outermost keys on each side a pass beyond them reads
-        (0: only its own key; the flow engine's end rule: 2), so that a change to one of
+        (0: only its own key; the flow engine's end rule: its ``OUTER_REACH``), so that a change to one of
         them redoes that pass too, as a fresh session with the same keys would do it."""
         return 0
 

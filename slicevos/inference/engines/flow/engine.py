@@ -220,7 +220,7 @@ class FlowPasses(PassEngine):
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         self._walks: dict[tuple[int, int], _Walk] = {}  # (key, step) -> its end-rule walk
 
-    def keys_changed(self, z: int, objects_changed: bool) -> bool:
+    def keys_changed(self, z: int, objects_changed: bool) -> int:
         self._shapes.pop(z, None)
         self._llr.clear()
         self._key_supports.clear()
@@ -460,6 +460,7 @@ class FlowPasses(PassEngine):
             z += step
             if len(ends) < len(shapes) and flow is not None:
                 self._walk_ends(key, shapes, z, flow, mapping, watch, model)
+
     def _walk_ends(self, key: int, shapes: dict[int, ObjectShape], z: int, flow: np.ndarray,
                    mapping: RegionMap, watch: EndWatch, model: tuple[int, ...]) -> None:
         """One slice ``z`` of a second-opinion walk from ``key`` (``flow`` from ``z`` onto
