@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from slicevos.benchmarks.effort import Case, correct, labeler_for, load_case, propagate, simulate
-from slicevos.benchmarks.effort_metrics import Curve, dsc_at_keys, dsc_auc, nos, write_plot
+from slicevos.benchmarks.effort_metrics import (
+    Curve,
+    dsc_at_keys,
+    dsc_auc,
+    nos,
+    worse_keys,
+    write_plot,
+)
 from slicevos.benchmarks.effort_rules import RULES, Target, bisect, error3d, oracle
 from slicevos.cli.benchmark_effort import main
 from slicevos.errors import InputError
@@ -82,6 +89,11 @@ def test_nos_dsc_at_keys_and_auc_on_a_hand_made_curve() -> None:
     late = Curve(keys=[3, 4], dsc=[0.8, 0.9], nsd=[0.0, 0.0])  # a range start: 3 keys at once
     assert dsc_at_keys(late, 2) is None
     assert dsc_auc(late) == pytest.approx((0 + 0.4 + 0.85 + 0.9 + 0.9) / 5)  # 0, 0, .8, .9..
+    assert worse_keys(curve) == (0, 4)  # 5 steps, 4 of them give a key; none lowers it
+    # a key that lowers it by more than 0.005 counts; a step without a key (another organ's
+    # key took its pixels) and a fall of 0.005 or less do not
+    dips = Curve(keys=[1, 2, 2, 3, 4], dsc=[0.8, 0.7, 0.6, 0.596, 0.7], nsd=[0.0] * 5)
+    assert worse_keys(dips) == (1, 3)
 
 
 # -- runs on the phantom ---------------------------------------------------------------------
@@ -154,7 +166,7 @@ def test_cli_writes_json_csv_and_plots(phantom_files: tuple[Path, Path], tmp_pat
                  "--rules", "bisect", "oracle", "--max-keys", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "all scans (1): organ mode" in printed and "NoS@0.95 per organ" in printed
-    assert "ahead s" in printed
+    assert "ahead s" in printed and "worse" in printed
     with open(out / "effort.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 2 * 2 * 3  # modes x rules x organs x steps
@@ -162,6 +174,9 @@ def test_cli_writes_json_csv_and_plots(phantom_files: tuple[Path, Path], tmp_pat
     data = json.loads((out / "effort.json").read_text())
     assert len(data["runs"]) == 4
     assert all(len(c["dsc"]) == 3 for r in data["runs"] for c in r["curves"].values())
+    for run in data["runs"]:  # (worse, keys given): 2 organs get a key at each of 2 steps
+        worse, keys = run["summary"]["worse"]
+        assert 0 <= worse <= keys == 4
     for mode in ("organ", "slice"):
         assert (out / f"effort_phantom_{mode}.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -9,7 +9,9 @@ volume. From them:
 - ``nos(curve, t)``: number of slices, the key count at the first step whose DSC reaches ``t``
   (None: never within the run);
 - ``dsc_auc(curve)``: the trapezoidal mean of DSC over key counts 1..6, in [0, 1] (a key count
-  before the start's counts as DSC 0).
+  before the start's counts as DSC 0);
+- ``worse_keys(curve)``: (the steps that gave the organ a key and lowered its DSC by more than
+  ``WORSE_TOLERANCE``, the steps that gave it a key): how often a correct key made it worse.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from slicevos.metrics.surface import normalized_surface_dice
 TABLE_KEYS = (1, 2, 3, 4, 6, 8)
 AUC_KEYS = 6
 NOS_THRESHOLDS = (0.90, 0.95)
+WORSE_TOLERANCE = 0.005  # the issue's bound: no correct key lowers an organ's DSC by more
 
 
 @dataclass
@@ -98,6 +101,12 @@ def dsc_auc(curve: Curve, last: int = AUC_KEYS) -> float:
     return float(sum((a + b) / 2 for a, b in pairwise(values)) / (last - 1))
 
 
+def worse_keys(curve: Curve, tolerance: float = WORSE_TOLERANCE) -> tuple[int, int]:
+    steps = [(d1 < d0 - tolerance) for (k0, d0), (k1, d1) in pairwise(
+        zip(curve.keys, curve.dsc, strict=True)) if k1 > k0]
+    return sum(steps), len(steps)
+
+
 def _mean(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
@@ -105,8 +114,9 @@ def _mean(values: list[float | None]) -> float | None:
 
 def summarize(run: Run) -> dict[str, Any]:
     """The run's table row: mean over organs of DSC after ``TABLE_KEYS`` keys, NoS (mean over
-    the organs that reached it, and how many did), DSC_AUC, pixels edited (start included) and
-    propagation seconds per correction (start excluded); ``nos_by_organ`` per organ name."""
+    the organs that reached it, and how many did), DSC_AUC, ``worse`` (:func:`worse_keys`
+    summed over organs), pixels edited (start included) and propagation seconds per
+    correction (start excluded); ``nos_by_organ`` per organ name."""
     curves = run.curves.values()
     row: dict[str, Any] = {f"dsc@{k}": _mean([dsc_at_keys(c, k) for c in curves])
                            for k in TABLE_KEYS}
@@ -115,6 +125,8 @@ def summarize(run: Run) -> dict[str, Any]:
         row[f"nos@{t:.2f}"] = _mean(reached)
         row[f"reached@{t:.2f}"] = (len(reached), len(run.curves))
     row["auc"] = _mean([dsc_auc(c) for c in curves])
+    counts = [worse_keys(c) for c in curves]
+    row["worse"] = (sum(w for w, _ in counts), sum(n for _, n in counts))
     row["pixels"] = sum(c.pixels for c in run.corrections)
     seconds = [c.seconds for c in run.corrections if c.step > 0 and c.seconds is not None]
     row["s_mean"] = _mean(seconds)

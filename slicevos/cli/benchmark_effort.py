@@ -10,7 +10,8 @@ challenge's largest-3D-error rule; ``oracle``: the slice with the most wrong pix
 
 Tables per scan and mode: DSC (mean over organs) after 1..8 keys, NoS@0.90/0.95 (keys to first
 reach that DSC: mean over the organs that did, and how many did), DSC_AUC (trapezoidal mean
-DSC over 1..6 keys), pixels edited, propagation seconds per correction (mean and max), the
+DSC over 1..6 keys), ``worse`` (the keys after which their organ's DSC fell by more than
+0.005, out of all keys given), pixels edited, propagation seconds per correction (mean and max), the
 longest work ahead the page does after a propagation (``ahead s``: computing the flows a next
 key may need, while the user looks and draws; the user is assumed to take that long unless
 ``--cold``); NoS@0.95 per organ; and the means over scans. Files in ``--out``: effort.json (every curve), effort.csv (one row
@@ -51,11 +52,13 @@ def print_table(title: str, rows: dict[str, dict[str, Any]]) -> None:
     from slicevos.benchmarks.effort_metrics import TABLE_KEYS
     print(f"\n{title}")
     print(f"{'rule':<11}" + "".join(f"{f'DSC@{k}':>7}" for k in TABLE_KEYS)
-          + f"{'NoS@.90':>13}{'NoS@.95':>13}{'AUC1-6':>8}{'pixels':>10}{'s/corr':>8}{'max s':>7}"
-          + f"{'ahead s':>8}")
+          + f"{'NoS@.90':>13}{'NoS@.95':>13}{'AUC1-6':>8}{'worse':>9}{'pixels':>10}"
+          + f"{'s/corr':>8}{'max s':>7}{'ahead s':>8}")
     for rule, row in rows.items():
+        worse, keys = row["worse"]
         print(f"{rule:<11}" + "".join(f"{_fmt(row[f'dsc@{k}']):>7}" for k in TABLE_KEYS)
               + f"{_nos(row, '0.90'):>13}{_nos(row, '0.95'):>13}{_fmt(row['auc']):>8}"
+              + f"{f'{worse}/{keys}':>9}"
               + f"{_fmt(row['pixels'], '.0f'):>10}{_fmt(row['s_mean'], '.2f'):>8}"
               + f"{_fmt(row['s_max'], '.2f'):>7}{_fmt(row['ahead_max'], '.2f'):>8}")
 
@@ -71,12 +74,12 @@ def print_organ_nos(rows: dict[str, dict[str, Any]]) -> None:
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means over scans of one rule's rows (None values left out; reached counts summed)."""
+    """Means over scans of one rule's rows (None values left out; counts summed)."""
     out: dict[str, Any] = {}
     for key in rows[0]:
         if key == "nos_by_organ":
             continue
-        if key.startswith("reached@"):
+        if isinstance(rows[0][key], tuple):  # (count, out of): reached@t, worse
             out[key] = tuple(sum(r[key][i] for r in rows) for i in (0, 1))
             continue
         kept = [r[key] for r in rows if r[key] is not None]
