@@ -263,9 +263,12 @@ class FlowPasses(PassEngine):
         ``key`` (going ``step``): the ``END_MODEL_KEYS`` nearest the end, that key first
         (an organ's grey values near its end, not those of its middle; and all that a key
         change far from the end leaves alone)."""
-        inner = sorted((k for k in self.session.key_masks if (k - key) * step < 0),
-                       key=lambda k: abs(k - key))
-        return tuple(sorted((key, *inner[:END_MODEL_KEYS - 1])))
+        return tuple(sorted((key, *self._inward(key, step)[:END_MODEL_KEYS - 1])))
+
+    def _inward(self, key: int, step: int) -> list[int]:
+        """The keys before ``key`` for a pass going ``step`` from it, nearest first."""
+        return sorted((k for k in self.session.key_masks if (k - key) * step < 0),
+                      key=lambda k: abs(k - key))
 
     def run_pass(self, start: int, other: int | None,
                  slices: range) -> Iterator[tuple[int, PassOutput]]:
@@ -419,8 +422,7 @@ class FlowPasses(PassEngine):
         A generator, walking in step with the pass so that it goes no further than the
         pass does: primed with ``next`` (walks up to ``start``), then sent the pass's flow
         onto each of its slices in turn, it gives the ends found so far."""
-        inner = sorted((k for k in self.session.key_masks if (k - start) * step < 0),
-                       key=lambda k: abs(k - start))[:OPINIONS]
+        inner = self._inward(start, step)[:OPINIONS]
         model = self._end_model(start, step)
         walks = [self._opinion(key, start, step, model) for key in inner]
         for walk in walks:
