@@ -18,8 +18,11 @@ from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
     RegionMap,
+    SliceFlow,
+    cell_centres,
     compose,
     identity_map,
+    on_grid,
 )
 from slicevos.inference.engines.flow.shapes import key_shapes, unmatched_parts
 from slicevos.inference.session import fuse_directions, score_channels
@@ -363,23 +366,54 @@ def test_an_organ_holds_the_lesion_in_its_hole_on_the_key() -> None:
     assert inside > 4  # the hole counts as inside the liver
 
 
-def test_a_region_map_composes_as_the_whole_slice_does_inside_its_region() -> None:
-    """Five smooth flows composed over a box (``RegionMap``) agree with the whole-slice
-    composition inside the box, away from its edges, to a hundredth of a pixel."""
+@pytest.mark.parametrize("cell", [1, 2, 4])
+def test_a_region_map_composes_as_the_whole_slice_does_inside_its_region(cell: int) -> None:
+    """Five smooth flows composed over a box (``RegionMap``) agree with the whole-slice,
+    full-size composition inside the box, away from its edges: exactly on 1 px cells; on
+    coarser cells (the flows hold no finer detail) within cv2.remap's interpolation steps,
+    1/32 of a cell per composition."""
     height, width = 80, 96
     grid = identity_map(height, width)
     ys, xs = np.mgrid[:height, :width].astype(np.float32)
     whole = grid
     box = (slice(20, 60), slice(16, 80))
-    region = RegionMap(grid, box, identity_map(40, 64))
+    region = RegionMap(cell_centres(-(-height // cell), -(-width // cell), cell), box, cell,
+                       identity_map(40 // cell, 64 // cell))
     for k in range(5):
         flow = np.stack([1.5 * np.sin(ys / 17 + k), 1.0 * np.cos(xs / 23 - k)], -1)
         flow = flow.astype(np.float32)
         whole = compose(whole, flow, grid)
-        region.step(flow)
+        region.step(on_grid(flow, cell))
     inner = (slice(32, 48), slice(28, 68))
-    np.testing.assert_allclose(region[inner], whole[inner], atol=0.01)
+    atol = 0.01 if cell == 1 else 5 * cell / 32 / 2
+    np.testing.assert_allclose(region[inner], whole[inner], atol=atol)
+    stepped = (slice(33, 47, 4), slice(29, 67, 4))
+    np.testing.assert_array_equal(region[stepped], region[inner][1::4, 1::4])
+    shift = np.abs(whole[inner] - grid[inner]).max()
+    assert abs(region.shift(inner) - shift) < 0.05
     assert region.clamp((slice(0, 30), slice(70, 200))) == (slice(20, 30), slice(70, 80))
+    frozen = region.frozen()
+    region.step(on_grid(np.ones_like(flow), cell))
+    np.testing.assert_allclose(frozen[inner], whole[inner], atol=atol)  # kept as it was
+    assert not np.allclose(region[inner], frozen[inner], atol=0.1)  # the live map moved on
+
+
+def test_flows_are_kept_on_the_grid_of_the_detail_they_hold() -> None:
+    """DIS gives the medium preset's flow on a 512 px slice at half size (2 px cells); a
+    small slice, enlarged for the flow, and the coarse presets get theirs."""
+    assert SliceFlow(FlowSettings(), 512, 512).cell == 2
+    assert SliceFlow(FlowSettings(), 122, 101).cell == 1  # enlarged 2x, finest level 0
+    assert SliceFlow(FlowSettings(), 256, 256).cell == 1
+    assert SliceFlow(FlowSettings(preset="ultrafast"), 512, 512).cell == 4
+    assert SliceFlow(FlowSettings(downscale=2), 512, 512).cell == 2
+    ys, xs = np.mgrid[:7, :9].astype(np.float32)
+    linear = np.stack([0.5 * xs + 1, -0.25 * ys], -1)  # odd sizes: edges replicated
+    cells = on_grid(linear, 2)
+    assert cells.shape == (4, 5, 2)
+    centres = cell_centres(4, 5, 2)
+    np.testing.assert_allclose(cells[:3, :4] * 2, np.stack(
+        [0.5 * centres[:3, :4, 0] + 1, -0.25 * centres[:3, :4, 1]], -1), atol=1e-5)
+    assert on_grid(linear, 1) is linear
 
 
 def test_bad_input_errors() -> None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from slicevos.config import check_fields
 from slicevos.preprocessing.padding import upsample_factor
@@ -79,9 +78,7 @@ def compose(previous_map: np.ndarray, flow: np.ndarray, grid: np.ndarray) -> np.
     """Map of slice ``z`` into the key from the map of its neighbour ``z'`` into the key and
     the flow ``z -> z'`` (float32, or float16 as caches keep it): ``M_z(x) = M_z'(x + F(x))``
     (bilinear, edges replicated)."""
-    if flow.dtype == np.float16:
-        flow = torch.from_numpy(flow).float().numpy()  # exact, and ~8x numpy's astype
-    positions = grid + flow
+    positions = grid + flow  # float32 (a float16 flow is taken as its float32 values)
     return cv2.remap(previous_map, positions, None, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
 
@@ -100,6 +97,16 @@ class SliceFlow:
         """Size factor of the images the flow is computed on."""
         factor = upsample_factor(self.height, self.width, self.settings.upsample_below)
         return float(factor) if factor > 1 else 1.0 / self.settings.downscale
+
+    @property
+    def cell(self) -> int:
+        """The side (pixels, a power of two) of the finest detail the flow holds: DIS
+        estimates it on its ``finest_scale`` pyramid level of the images it is given and
+        upsamples it bilinearly to full size (the medium preset: level 1, 2 px cells for
+        slices over 256 px). Maps composed on a grid of such cells (``on_grid``) lose
+        nothing of it."""
+        detail = self.scale / 2 ** self._dis().getFinestScale()
+        return max(1, 2 ** int(np.floor(np.log2(1.0 / detail) + 1e-6))) if detail < 1 else 1
 
     def _dis(self) -> cv2.DISOpticalFlow:
         dis = getattr(self._local, "dis", None)
@@ -132,6 +139,26 @@ class SliceFlow:
             flow = cv2.resize(flow, (self.width, self.height),
                               interpolation=cv2.INTER_LINEAR) * factor
         return flow
+
+
+def on_grid(flow: np.ndarray, cell: int) -> np.ndarray:
+    """A full-size flow (H, W, 2) on a grid of ``cell`` x ``cell`` pixel cells: (ceil(H /
+    cell), ceil(W / cell), 2), each cell's mean displacement in cells (the flow at the cell's
+    centre where it is linear there). Edges are replicated to whole cells."""
+    if cell == 1:
+        return flow
+    height, width = flow.shape[:2]
+    pad_rows, pad_cols = -height % cell, -width % cell
+    if pad_rows or pad_cols:
+        flow = cv2.copyMakeBorder(flow, 0, pad_rows, 0, pad_cols, cv2.BORDER_REPLICATE)
+    size = (flow.shape[1] // cell, flow.shape[0] // cell)
+    return cv2.resize(flow, size, interpolation=cv2.INTER_AREA) * np.float32(1.0 / cell)
+
+
+def cell_centres(rows: int, cols: int, cell: int) -> np.ndarray:
+    """(rows, cols, 2) float32: the (x, y) pixel position of each cell's centre on a grid of
+    ``cell`` px cells (``cell`` 1: ``identity_map``)."""
+    return identity_map(rows, cols) * np.float32(cell) + np.float32((cell - 1) / 2)
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:

@@ -4,12 +4,13 @@ described in ``slicevos.inference.session``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from slicevos.inference.box_scores import Box, BoxScores, over, union
+from slicevos.inference.box_scores import Box, BoxScores, box_size, intersection, over, union
 
 Scores = torch.Tensor | BoxScores
 
@@ -83,11 +84,26 @@ def channel_disagreement(channels_a: np.ndarray, channels_b: np.ndarray) -> floa
 class PassOutput:
     """One slice of one pass: ``scores`` ((L, H, W) float32 tensor, or :class:`BoxScores`)
     and, where the engine has one, a per-pixel ``confidence`` float32 in (0, 1] over
-    ``confidence_box`` of the slice (None: all of it; 1 outside it)."""
+    ``confidence_box`` of the slice (None: all of it; 1 outside it): an array, or a function
+    that computes it over a box inside ``confidence_box`` (only where it is read:
+    :meth:`confidence_over`)."""
 
     scores: Scores
-    confidence: np.ndarray | None = None
+    confidence: np.ndarray | Callable[[Box], np.ndarray] | None = None
     confidence_box: Box | None = None
+
+    def confidence_over(self, box: Box) -> np.ndarray | None:
+        """The confidence over ``box`` of the slice (1 outside ``confidence_box``), or None
+        where the pass has none."""
+        if self.confidence is None:
+            return None
+        if not callable(self.confidence):
+            return over(self.confidence, self.confidence_box, box, 1.0)
+        common = box if self.confidence_box is None else intersection(box,
+                                                                      self.confidence_box)
+        if common is None:
+            return np.ones(box_size(box), np.float32)
+        return over(self.confidence(common), common, box, 1.0)
 
 
 def to_cpu_half(output: PassOutput) -> PassOutput:

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -67,6 +67,7 @@ from slicevos.inference.fusion import (  # noqa: F401  (the session's public hel
     score_channels,
     score_top,
 )
+from slicevos.inference.parallel import run_segments
 from slicevos.inference.tracks import (
     KEY_STRENGTH,
     ObjectOutputs,
@@ -80,13 +81,20 @@ from slicevos.inference.tracks import (
 class SessionStats:
     """Instrumentation: slices decoded (one pass, one slice), slices key-encoded and value
     encodings (STCN), optical-flow fields computed (flow), and the largest number of non-key
-    (recent) frames any STCN memory bank held."""
+    (recent) frames any STCN memory bank held. Passes on several threads count with
+    :meth:`add`."""
 
     decoded_slices: int = 0
     key_encoded_slices: int = 0
     value_encodings: int = 0
     peak_recent_frames: int = 0
     flow_fields: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, count: int = 1) -> None:
+        """Add ``count`` to the counter ``name`` (thread-safe)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + count)
 
 
 class PassEngine:
@@ -94,6 +102,10 @@ class PassEngine:
     instance belongs to one track of a session (``slicevos.inference.tracks.TrackView``: the
     session as that track's objects and keys see it) and reads its ``key_masks`` and
     ``object_ids``."""
+
+    #: passes of different segments may run at once on this many threads (they change no
+    #: state that another pass reads, or guard it); 1: one pass at a time
+    pass_threads: int = 1
 
     def check_key(self, z: int, labels: np.ndarray) -> None:
         """Raise InputError for key labels this engine cannot take."""
@@ -120,10 +132,9 @@ class PassEngine:
         engine: the flows no pass has computed yet); returns when done or once ``stop`` is
         set. Never called while a pass runs."""
 
-    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
-        """Float32 doubt in [0, 1] per pixel of a slice seen from one key only (beyond the
-        outermost key), and the box of the slice it covers (None: all of it; no doubt
-        outside it); None: no doubt measure."""
+    def pixel_doubt(self, output: PassOutput, box: Box) -> np.ndarray | None:
+        """Float32 doubt in [0, 1] per pixel over ``box`` of a slice seen from one key only
+        (beyond the outermost key); None: no doubt measure."""
         raise NotImplementedError
 
 
@@ -252,7 +263,7 @@ class PropagationSession:
         self._swept[:] = False
         self._own_track(object_id).key_changed(z)
         self.outputs.put(object_id, z, mask, KEY_STRENGTH, 0.0)
-        self.labels[z] = self.outputs.merge(z, (self.height, self.width))
+        self.outputs.merge(z, self.labels[z])
 
     def remove_key(self, z: int, object_id: int | None = None) -> None:
         """Drop the whole-slice key ``z`` (``object_id`` None, per-organ keys on it too) or
@@ -368,14 +379,21 @@ class PropagationSession:
                 self._swept[z] = True
                 yield z, self.labels[z].copy()
             return
-        shape = (self.height, self.width)
-        for track in list(self.tracks):
-            for left, right, low, high in list(track.segments()):
-                for z, result in track.run_segment(left, right, low, high, self._disagreement):
-                    result.store(self.outputs, self._stored_objects(track, result), z)
-                    self.labels[z] = self.outputs.merge(z, shape)
-                    track.up_to_date[z] = True
-                    yield z, self.labels[z].copy()
+        threads = min(track.engine.pass_threads for track in self.tracks)
+        for jobs in self._segment_phases():
+            for track, z, result in run_segments(jobs, threads, self._disagreement):
+                result.store(self.outputs, self._stored_objects(track, result), z)
+                self.outputs.merge(z, self.labels[z])
+                track.up_to_date[z] = True
+                yield z, self.labels[z].copy()
+
+    def _segment_phases(self) -> list[list[tuple[Track, tuple]]]:
+        """The out-of-date segments of every track: those between two keys, then those
+        beyond the outermost keys (a pass there may take up the walk an inner pass made
+        towards it: the flow engine's second opinion)."""
+        jobs = [(track, segment) for track in self.tracks for segment in track.segments()]
+        inner = [job for job in jobs if None not in job[1][:2]]
+        return [inner, [job for job in jobs if None in job[1][:2]]]
 
     def work_ahead(self, stop: threading.Event) -> None:
         """Let every track's engine work ahead of the next correction

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from slicevos.inference.box_scores import over, placed, union, within
+from slicevos.inference.box_scores import intersection, placed, union, within
 from slicevos.inference.fusion import (
     PassOutput,
     Scores,
@@ -72,7 +72,8 @@ class TrackView:
 
 class ObjectOutputs:
     """Per object and slice: the crop where it won (box, strength float16) and its doubt
-    (sum of per-pixel doubt, pixel count) for the per-organ uncertainty."""
+    (sum of per-pixel doubt, pixel count) for the per-organ uncertainty; and per slice the
+    box that crops put since the last :meth:`merge` changed."""
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
@@ -80,6 +81,7 @@ class ObjectOutputs:
         self.doubt: dict[int, np.ndarray] = {}
         self.pixels: dict[int, np.ndarray] = {}
         self.won: dict[int, np.ndarray] = {}
+        self.changed: dict[int, Box] = {}
 
     def ensure(self, object_id: int) -> None:
         if object_id not in self.crops:
@@ -87,10 +89,6 @@ class ObjectOutputs:
             self.doubt[object_id] = np.full(self.depth, np.nan, np.float32)
             self.pixels[object_id] = np.zeros(self.depth, np.int64)
             self.won[object_id] = np.zeros(self.depth, np.int64)
-
-    def drop(self, object_id: int) -> None:
-        for table in (self.crops, self.doubt, self.pixels, self.won):
-            table.pop(object_id, None)
 
     def put(self, object_id: int, z: int, mask: np.ndarray, strength: np.ndarray | float,
             doubt: float = 0.0, pixels: int | None = None, box: Box | None = None) -> None:
@@ -103,8 +101,10 @@ class ObjectOutputs:
         self.won[object_id][z] = count
         self.pixels[object_id][z] = count if pixels is None else pixels
         self.doubt[object_id][z] = doubt
+        old = self.crops[object_id].pop(z, None)
+        if old is not None:
+            self._changed(z, old[0])
         if not count:
-            self.crops[object_id].pop(z, None)
             return
         x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
         found = (slice(y, y + h), slice(x, x + w))
@@ -112,29 +112,37 @@ class ObjectOutputs:
                   else np.where(mask[found], strength, 0))
         self.crops[object_id][z] = placed(found, box), values.astype(np.float32 if not isinstance(
             strength, np.ndarray) else np.float16)
+        self._changed(z, self.crops[object_id][z][0])
+
+    def _changed(self, z: int, box: Box) -> None:
+        self.changed[z] = union(self.changed[z], box) if z in self.changed else box
 
     def area(self, object_id: int) -> np.ndarray:
         """(D,) int64: pixels the object won on each slice of its track (keys: the key's;
         before the merge with other tracks)."""
         return self.won[object_id] if object_id in self.won else np.zeros(self.depth, np.int64)
 
-    def merge(self, z: int, shape: tuple[int, int]) -> np.ndarray:
-        """(H, W) uint8 labels of slice ``z``: per pixel the strongest object (ties: the lower
-        id), background where none claims it."""
-        labels = np.zeros(shape, np.uint8)
-        crops = [(o, self.crops[o][z]) for o in sorted(self.crops) if z in self.crops[o]]
-        if not crops:
-            return labels
-        frame = union(*(box for _, (box, _) in crops))
-        best = np.zeros((frame[0].stop - frame[0].start, frame[1].stop - frame[1].start),
-                        np.float32)
+    def merge(self, z: int, labels: np.ndarray) -> None:
+        """Bring ``labels`` (H, W) uint8 of slice ``z``, as the last merge left them, up to
+        date with the crops: per pixel the strongest object (ties: the lower id),
+        background where none claims it; only inside the box the crops put since then
+        changed (elsewhere every pixel has the same claims as before)."""
+        frame = self.changed.pop(z, None)
+        if frame is None:
+            return
         framed = labels[frame]
-        for object_id, (box, values) in crops:
-            here = within(box, frame)
+        framed[:] = 0
+        best = np.zeros(framed.shape, np.float32)
+        for object_id in sorted(self.crops):
+            crop = self.crops[object_id].get(z)
+            common = None if crop is None else intersection(crop[0], frame)
+            if common is None:
+                continue
+            values = crop[1][within(common, crop[0])]
+            here = within(common, frame)
             wins = values > best[here]
             best[here][wins] = values[wins]
             framed[here][wins] = object_id
-        return labels
 
     def uncertainty(self, objects: Iterable[int]) -> np.ndarray:
         """(D,) float32: summed doubt over summed pixels of ``objects``; NaN where any of them
@@ -292,51 +300,69 @@ class Track:
                     disagreement: np.ndarray | None = None
                     ) -> Iterator[tuple[int, SegmentResult]]:
         """Propagate slices ``low..high-1`` between keys ``left`` and ``right`` (None: no key
-        on that side; the session's fusion rule); ``disagreement`` (D, H, W) bool, if given,
-        records where the directions differ."""
-        engine, view = self.engine, self.view
-        if not view.object_ids:
+        on that side; the session's fusion rule) one pass after the other; ``disagreement``
+        (D, H, W) bool, if given, records where the directions differ. The forward pass of
+        a two-key segment waits (float16) for the backward one."""
+        if not self.view.object_ids:
             for z in range(low, high):
                 yield z, SegmentResult.empty()
             return
-        lut = engine.label_lut(view.object_ids)
+        passes = self.passes(left, right, low, high)
+        if len(passes) == 1:
+            for z, output in self.run_pass(*passes[0]):
+                yield z, self.one_way(output)
+            return
+        stored = {z: to_cpu_half(output) for z, output in self.run_pass(*passes[0])}
+        for z, backward in self.run_pass(*passes[1]):
+            yield z, self.both_ways(z, from_cpu_half(stored.pop(z), backward), backward,
+                                    left, right, disagreement)
+
+    @staticmethod
+    def passes(left: int | None, right: int | None, low: int, high: int
+               ) -> list[tuple[int, int | None, range]]:
+        """The passes of a segment, ``(start key, other key or None, slices in order)``: the
+        forward and the backward pass between two keys; one pass beyond the outermost key."""
         if left is None or right is None:
             forward = right is None
-            for z, output in self._counted(engine.run_pass(
-                    left if forward else right, None,
-                    range(low, high)[::1 if forward else -1])):
-                box = _extent(output.scores)
-                if box is None:
-                    yield z, SegmentResult.empty()
-                    continue
-                channels, strength = score_top(output.scores, box)
-                doubt = engine.pixel_doubt(output)
-                yield z, SegmentResult.from_channels(
-                    lut, channels, strength, box,
-                    doubt_map=None if doubt is None else over(*doubt, box, 0.0))
-            return
-        stored = {z: to_cpu_half(output) for z, output in self._counted(
-            engine.run_pass(left, right, range(low, high)))}
-        for z, backward in self._counted(engine.run_pass(right, left,
-                                                         range(high - 1, low - 1, -1))):
-            forward = from_cpu_half(stored.pop(z), backward)
-            extents = [e for e in map(_extent, (forward.scores, backward.scores)) if e]
-            if disagreement is not None:
-                disagreement[z] = False
-            if not extents:
-                yield z, SegmentResult.empty()
-                continue
-            box = union(*extents)
-            pair = score_top(forward.scores, box)[0], score_top(backward.scores, box)[0]
-            if disagreement is not None:
-                disagreement[z][box] = pair[0] != pair[1]
-            channels, strength = score_top(fuse_directions(
-                forward.scores, backward.scores, z, left, right, forward.confidence,
-                backward.confidence, forward.confidence_box, backward.confidence_box), box)
-            yield z, SegmentResult.from_channels(lut, channels, strength, box, pair=pair)
+            return [(left if forward else right, None, range(low, high)[::1 if forward else -1])]
+        return [(left, right, range(low, high)), (right, left, range(high - 1, low - 1, -1))]
+
+    def run_pass(self, start: int, other: int | None, slices: range
+                 ) -> Iterator[tuple[int, PassOutput]]:
+        """The engine's pass (``passes``), counted."""
+        return self._counted(self.engine.run_pass(start, other, slices))
+
+    def one_way(self, output: PassOutput) -> SegmentResult:
+        """A slice beyond the outermost key from its one pass (doubt: the engine's)."""
+        box = _extent(output.scores)
+        if box is None:
+            return SegmentResult.empty()
+        channels, strength = score_top(output.scores, box)
+        return SegmentResult.from_channels(
+            self.engine.label_lut(self.view.object_ids), channels, strength, box,
+            doubt_map=self.engine.pixel_doubt(output, box))
+
+    def both_ways(self, z: int, forward: PassOutput, backward: PassOutput, left: int,
+                  right: int, disagreement: np.ndarray | None = None) -> SegmentResult:
+        """Slice ``z`` between keys ``left`` and ``right`` from its two passes (the session's
+        fusion rule; doubt: where the two directions' labels differ)."""
+        extents = [e for e in map(_extent, (forward.scores, backward.scores)) if e]
+        if disagreement is not None:
+            disagreement[z] = False
+        if not extents:
+            return SegmentResult.empty()
+        box = union(*extents)
+        pair = score_top(forward.scores, box)[0], score_top(backward.scores, box)[0]
+        if disagreement is not None:
+            disagreement[z][box] = pair[0] != pair[1]
+        channels, strength = score_top(fuse_directions(
+            forward.scores, backward.scores, z, left, right, forward.confidence_over(box),
+            backward.confidence_over(box), box, box), box)
+        return SegmentResult.from_channels(self.engine.label_lut(self.view.object_ids),
+                                           channels, strength, box, pair=pair)
 
     def _counted(self, passes: Iterator[tuple[int, PassOutput]]
                  ) -> Iterator[tuple[int, PassOutput]]:
         for z, output in passes:
-            self.view.stats.decoded_slices += 1
+            self.view.stats.add("decoded_slices")
             yield z, output

@@ -70,8 +70,8 @@ class FusedPasses(NetworkAndFlowPasses):
         self.network = stcn.stcn if isinstance(stcn, GuidedPasses) else stcn
         self.joint = self.network.net.joint
 
-    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
-        return self.stcn.pixel_doubt(output)
+    def pixel_doubt(self, output: PassOutput, box: Box) -> np.ndarray | None:
+        return self.stcn.pixel_doubt(output, box)
 
 
     def run_pass(self, start: int, other: int | None,

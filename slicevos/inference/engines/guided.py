@@ -54,8 +54,8 @@ class GuidedPasses(NetworkAndFlowPasses):
         self.joint_classes = net.num_classes if net.joint else None
         self.floor = -flow.config.clip
 
-    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
-        return self.flow.pixel_doubt(output)
+    def pixel_doubt(self, output: PassOutput, box: Box) -> np.ndarray | None:
+        return self.flow.pixel_doubt(output, box)
 
     def run_pass_with_flow(self, start: int, other: int | None, slices: range
                            ) -> Iterator[tuple[int, PassOutput, PassOutput]]:

@@ -22,13 +22,13 @@ def support(llr: np.ndarray, warped: np.ndarray, sigma: float, radius: float) ->
     vessel or a small gland with what is around it, so that not even its own key would look
     like it); 1 for an empty prediction."""
     predicted = warped > 0
-    total = int(predicted.sum())
+    total = np.count_nonzero(predicted)
     if not total:
         return 1.0
     sigma = min(sigma, radius / 3)
     if sigma > 0:
         llr = cv2.GaussianBlur(llr, (0, 0), sigma)
-    return float((predicted & (llr > 0)).sum()) / total
+    return np.count_nonzero(predicted & (llr > 0)) / total
 
 
 class EndWatch:

@@ -74,8 +74,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import cv2
@@ -84,12 +85,13 @@ import torch
 
 from slicevos.config import check_fields
 from slicevos.errors import InputError
-from slicevos.inference.box_scores import Box, BoxScores
+from slicevos.inference.box_scores import Box, BoxScores, intersection, within
 from slicevos.inference.engines.flow.ends import EndWatch, release, support
 from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
     RegionMap,
+    cell_centres,
     flow_image,
     identity_map,
 )
@@ -100,6 +102,7 @@ from slicevos.inference.engines.flow.shapes import (
     scaled_lookup,
     unmatched_parts,
 )
+from slicevos.inference.parallel import SendAhead, SendInline
 from slicevos.inference.session import PassEngine, PassOutput, PropagationSession
 from slicevos.inference.tracks import TrackView
 from slicevos.preprocessing.windowing import Window, resolve_windows
@@ -202,6 +205,8 @@ class FlowPasses(PassEngine):
         self.config = config
         self.session = session
         settings = config.flow
+        # passes share only caches that any of them would fill with the same values
+        self.pass_threads = settings.threads
         self.stack = session.shared_value(("flow stack", settings.channel,
                                            settings.smooth_sigma), lambda: flow_image(
             session.image, settings.channel, settings.smooth_sigma))
@@ -209,7 +214,7 @@ class FlowPasses(PassEngine):
                      else session.shared_value("grey", lambda: session.image[:, 0].numpy()))
         self.flows = session.shared_value(("flows", settings), lambda: FlowFields(
             self.stack, settings, cache_mb=config.flow_cache_mb))
-        self.grid = identity_map(session.height, session.width)
+        self.centres = cell_centres(*self.flows.grid_shape, self.flows.cell)
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[tuple[int, ...], dict[int, np.ndarray]] = {}  # model keys -> models
         # (key z, object, model keys) -> support
@@ -218,6 +223,7 @@ class FlowPasses(PassEngine):
         self._region: tuple[slice, slice] | None = None
         self._local_grid: np.ndarray | None = None
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+        self._filling = threading.RLock()  # passes on threads fill each cache entry once
         self._walks: dict[tuple[int, int], _Walk] = {}  # (key, step) -> its end-rule walk
 
     def keys_changed(self, z: int, objects_changed: bool) -> int:
@@ -239,24 +245,30 @@ class FlowPasses(PassEngine):
     def work_ahead(self, stop: threading.Event) -> None:
         self.flows.warm(stop)
 
-    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, Box | None] | None:
-        return (None if output.confidence is None
-                else (1.0 - output.confidence, output.confidence_box))
+    def pixel_doubt(self, output: PassOutput, box: Box) -> np.ndarray | None:
+        confidence = output.confidence_over(box)
+        return None if confidence is None else 1.0 - confidence
 
 
     def shapes(self, z: int) -> dict[int, ObjectShape]:
-        if z not in self._shapes:
-            self._shapes[z] = key_shapes(self.session.key_masks[z], self.config.clip,
-                                         self.config.outside_depth)
-        return self._shapes[z]
+        return self._cached(self._shapes, z, lambda: key_shapes(
+            self.session.key_masks[z], self.config.clip, self.config.outside_depth))
+
+    def _cached(self, table: dict, key: Any, make: Callable[[], Any]) -> Any:
+        """``table[key]``, made by ``make`` the first time (once, whichever pass asks)."""
+        value = table.get(key)
+        if value is None:
+            with self._filling:
+                value = table.get(key)
+                if value is None:
+                    value = table[key] = make()
+        return value
 
     def intensity(self, keys: tuple[int, ...]) -> dict[int, np.ndarray]:
         """Object -> llr (256,) from the key slices ``keys`` (``shapes.intensity_models``)."""
-        if keys not in self._llr:
-            self._llr[keys] = intensity_models(
-                ((self.grey[z], self.session.key_masks[z]) for z in keys),
-                context=self.config.intensity_context)
-        return self._llr[keys]
+        return self._cached(self._llr, keys, lambda: intensity_models(
+            ((self.grey[z], self.session.key_masks[z]) for z in keys),
+            context=self.config.intensity_context))
 
     def _end_model(self, key: int, step: int) -> tuple[int, ...]:
         """The keys whose intensity models end objects in a pass beyond the outermost key
@@ -274,12 +286,26 @@ class FlowPasses(PassEngine):
                  slices: range) -> Iterator[tuple[int, PassOutput]]:
         """:class:`BoxScores` of O + 1 channels: 0 for background, clipped signed distances
         of the objects (in their boxes); confidence (H, W) from the warp residual."""
-        cfg = self.config
         order = list(slices)
         step = 1 if not order or order[0] > start else -1
-        second = (self._second_opinion(start, step)
-                  if other is None and cfg.end_rule != "none" else None)
-        caps = next(second) if second is not None else {}
+        second = None
+        if other is None and self.config.end_rule != "none" and order:
+            # the second opinions walk beside the pass: on a thread of their own when
+            # passes may run on threads (they are as much work as the pass)
+            walks = self._second_opinion(start, step)
+            second = (SendAhead(walks, "slicevos-opinion") if self.pass_threads > 1
+                      else SendInline(walks))
+        try:
+            yield from self._run_pass(start, other, order, step, second)
+        finally:
+            if second is not None:
+                second.close()
+            self.flows.prefetch(())  # drop what this thread queued and no longer needs
+
+    def _run_pass(self, start: int, other: int | None, order: list[int], step: int,
+                  second: SendInline | None) -> Iterator[tuple[int, PassOutput]]:
+        cfg = self.config
+        caps: dict[int, int] = {}
         model = self._end_model(start if other is None else other, step)
         segment = (start,) if other is None else tuple(sorted((start, other)))
         self.flows.prefetch((z, z - step) for z in order)
@@ -306,29 +332,35 @@ class FlowPasses(PassEngine):
                 yield from release(pending, cfg.end_patience - 1)
                 continue
             flow = self.flows.flow(z, previous)
+            if second is not None:
+                second.send(flow)  # the second opinions walk onto z meanwhile
             mapping.step(flow)
-            self.session.stats.flow_fields += 1
+            self.session.stats.add("flow_fields")
             previous = z
-            caps = second.send(flow) if second is not None else caps
             for object_id, score in absent.items():
                 fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
                                **self._argmax_rule(channel, segment))
+            looks = {}  # object -> its warp onto z, and whether the end rule finds it low
             for object_id, shape in shapes.items():
-                if object_id in ended:
-                    continue
+                if object_id not in ended:
+                    fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
+                            if object_id in fading else None)
+                    region, warped = self._warp(shape, mapping, fade)
+                    judged = ((walk is not None and object_id not in walk.watch.ends)
+                              or (other is None and cfg.end_rule != "none"))
+                    looks[object_id] = region, warped, judged and self._ends(
+                        start, object_id, shape, z, region, warped, model)
+            caps = second.result() if second is not None else caps
+            for object_id, (region, warped, low) in looks.items():
+                shape = shapes[object_id]
                 if object_id in caps and (z - caps[object_id]) * step >= 0:
                     ended.add(object_id)
                     continue
-                fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
-                        if object_id in fading else None)
-                region, warped = self._warp(shape, mapping, fade)
                 if walk is not None and object_id not in walk.watch.ends:
-                    walk.watch.update(object_id, z, self._ends(start, object_id, shape, z,
-                                                               region, warped, model))
+                    walk.watch.update(object_id, z, low)
                 if other is None and cfg.end_rule != "none":
-                    end = watch.update(object_id, z, self._ends(start, object_id, shape, z,
-                                                                region, warped, model))
+                    end = watch.update(object_id, z, low)
                     if end is not None:
                         ended.add(object_id)
                         for held, output in pending:
@@ -339,7 +371,8 @@ class FlowPasses(PassEngine):
                 if object_id in zones:
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
-            pending.append((z, PassOutput(scores, self._confidence(start, z, mapping),
+            pending.append((z, PassOutput(scores, self._confidence(start, z, mapping,
+                                                                   scores.extent()),
                                           mapping.box)))
             yield from release(pending, cfg.end_patience - 1)
         if walk is not None and order:
@@ -383,13 +416,13 @@ class FlowPasses(PassEngine):
     def _unmatched_parts(self, key: int, other: int) -> dict[int, np.ndarray]:
         """Object on ``key`` -> (n,) bool, its parts there with no counterpart on ``other``
         (``shapes.unmatched_parts``; cached until keys change)."""
-        if (key, other) not in self._unmatched:
+        def make() -> dict[int, np.ndarray]:
             other_labels = self.session.key_masks[other]
             there = self.shapes(other)
-            self._unmatched[key, other] = {
-                o: unmatched_parts(shape, other_labels == o if o in there else None)
-                for o, shape in self.shapes(key).items()}
-        return self._unmatched[key, other]
+            return {o: unmatched_parts(shape, other_labels == o if o in there else None)
+                    for o, shape in self.shapes(key).items()}
+
+        return self._cached(self._unmatched, (key, other), make)
 
     def _fade(self, fading: np.ndarray, t: float) -> np.ndarray:
         """(n,) the scale of each part a fraction ``t`` of the way to the key without the
@@ -480,7 +513,7 @@ class FlowPasses(PassEngine):
         saturate there), 1 for the background; and ``nested``: the channels of objects that
         another object holds on one of those keys (cached until keys change). Only the
         segment's keys, so that a key elsewhere leaves the segment as it is."""
-        if keys not in self._argmax:
+        def make() -> dict[str, Any]:
             scale = np.ones(len(channel) + 1, np.float32)
             nested: set[int] = set()
             for z in keys:
@@ -488,17 +521,19 @@ class FlowPasses(PassEngine):
                     c = channel[object_id]
                     scale[c] = max(scale[c], min(shape.radius, self.config.clip))
                     nested.update(channel[o] for o in shape.holds if o in channel)
-            self._argmax[keys] = {"scale": scale, "nested": frozenset(nested)}
-        return self._argmax[keys]
+            return {"scale": scale, "nested": frozenset(nested)}
+
+        return self._cached(self._argmax, keys, make)
 
     def _region_map(self) -> RegionMap:
         """A fresh map of the key onto itself over the track's region (``_confidence_region``),
         for a pass to compose flows into."""
         region = self._confidence_region()
+        cell = self.flows.cell
         if self._local_grid is None:
-            self._local_grid = identity_map(region[0].stop - region[0].start,
-                                            region[1].stop - region[1].start)
-        return RegionMap(self.grid, region, self._local_grid)
+            self._local_grid = identity_map(*(-(-r.stop // cell) - r.start // cell
+                                              for r in region))
+        return RegionMap(self.centres, region, cell, self._local_grid)
 
     def _warp(self, shape: ObjectShape, mapping: RegionMap,
               part_scales: np.ndarray | None = None) -> tuple[Box, np.ndarray]:
@@ -509,8 +544,7 @@ class FlowPasses(PassEngine):
         rows = slice(shape.top, shape.top + height)
         cols = slice(shape.left, shape.left + width)
         # displacements are smooth: every 4th pixel bounds them to within a pixel or two
-        sample = (slice(rows.start, rows.stop, 4), slice(cols.start, cols.stop, 4))
-        reach = int(np.ceil(np.abs(mapping[sample] - self.grid[sample]).max())) + 3
+        reach = int(np.ceil(mapping.shift((rows, cols)))) + 3
         region = mapping.clamp((slice(rows.start - reach, rows.stop + reach),
                                 slice(cols.start - reach, cols.stop + reach)))
         # cv2: ~10x numpy's broadcast over the (x, y) axis
@@ -528,34 +562,42 @@ class FlowPasses(PassEngine):
                  warped: np.ndarray, radius: float, model: tuple[int, ...]) -> float:
         """:func:`~slicevos.inference.engines.flow.ends.support` of the object on slice
         ``z`` under the intensity model of the keys ``model``."""
-        return support(self.intensity(model)[object_id][self.grey[z][region]], warped,
-                       self.config.intensity_sigma, radius)
+        # cv2.LUT: the llr of each grey value, ~4x numpy's fancy indexing
+        return support(cv2.LUT(self.grey[z][region], self.intensity(model)[object_id]),
+                       warped, self.config.intensity_sigma, radius)
 
     def _key_support(self, z: int, object_id: int, shape: ObjectShape,
                      model: tuple[int, ...]) -> float:
         """:meth:`_support` of the object on its own key slice ``z`` (the yardstick; cached,
         as every slice of a pass beyond the outermost key compares against it)."""
-        if (z, object_id, model) not in self._key_supports:
-            height, width = shape.distance.shape
-            region = (slice(shape.top, shape.top + height),
-                      slice(shape.left, shape.left + width))
-            self._key_supports[z, object_id, model] = self._support(
-                object_id, z, region, shape.distance, shape.radius, model)
-        return self._key_supports[z, object_id, model]
+        height, width = shape.distance.shape
+        region = (slice(shape.top, shape.top + height), slice(shape.left, shape.left + width))
+        return self._cached(self._key_supports, (z, object_id, model), lambda: self._support(
+            object_id, z, region, shape.distance, shape.radius, model))
 
-    def _confidence(self, key: int, z: int, mapping: RegionMap) -> np.ndarray | None:
-        """Float32 in (0, 1]: the warp residual's confidence (module doc) over the map's
-        box, :meth:`_confidence_region` (1 outside it, where no object can be)."""
-        cfg = self.config
-        if not cfg.use_confidence:
+    def _confidence(self, key: int, z: int, mapping: RegionMap, extent: Box | None
+                    ) -> Callable[[Box], np.ndarray] | None:
+        """The warp residual's confidence (module doc) on slice ``z`` of a pass from
+        ``key``, as a function of a box inside the map's box: measured now over the pass's
+        objects' ``extent`` (what the fusion reads, mostly), elsewhere only if read."""
+        if not self.config.use_confidence:
             return None
-        region = mapping.box
-        warped = cv2.remap(self.stack[key], mapping.values, None,
-                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        residual = cv2.absdiff(warped, self.stack[z][region]).astype(np.float32)
+        return _Measured(partial(self._confidence_over, key, z, mapping.frozen()),
+                         None if extent is None else intersection(extent, mapping.box))
+
+    def _confidence_over(self, key: int, z: int, mapping: RegionMap, box: Box) -> np.ndarray:
+        """Float32 in (0, 1] over ``box``: as if measured over the whole map's box (the
+        residual is read around it as far as its blur reaches)."""
+        cfg = self.config
+        reach = int(np.ceil(4 * cfg.residual_sigma)) + 1 if cfg.residual_sigma > 0 else 0
+        grown = mapping.clamp((slice(box[0].start - reach, box[0].stop + reach),
+                               slice(box[1].start - reach, box[1].stop + reach)))
+        warped = cv2.remap(self.stack[key], mapping[grown], None, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.absdiff(warped, self.stack[z][grown]).astype(np.float32)
         if cfg.residual_sigma > 0:
             residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma)
-        return np.exp(residual * np.float32(-1.0 / cfg.residual_scale))
+        return cv2.exp(residual[within(box, grown)] * np.float32(-1.0 / cfg.residual_scale))
 
     def _confidence_region(self, margin: int = 64) -> tuple[slice, slice]:
         """The bounding box of every object on every key of this track, grown by ``margin``
@@ -595,6 +637,21 @@ def _abstain(zones: list[tuple[Box, float]], region: Box, values: np.ndarray, fl
                    zone_cols.start - cols.start:zone_cols.stop - cols.start]
         np.maximum(view, np.float32(score), out=view)
     return (rows, cols), out
+
+
+class _Measured:
+    """A per-pixel map of a slice (``measure(box)``: its values over a box), measured over
+    ``box`` up front and elsewhere when asked (a function of a box, as
+    :class:`PassOutput` takes its confidence)."""
+
+    def __init__(self, measure: Callable[[Box], np.ndarray], box: Box | None) -> None:
+        self.measure, self.box = measure, box
+        self.values = None if box is None else measure(box)
+
+    def __call__(self, box: Box) -> np.ndarray:
+        if self.box is not None and intersection(box, self.box) == box:
+            return self.values[within(box, self.box)]
+        return self.measure(box)
 
 
 @dataclass

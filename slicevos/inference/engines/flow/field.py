@@ -22,10 +22,11 @@ correction would otherwise wait for.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -35,8 +36,10 @@ from slicevos.data.optical_flow import (  # noqa: F401  (re-exported)
     PRESETS,
     FlowSettings,
     SliceFlow,
+    cell_centres,
     compose,
     identity_map,
+    on_grid,
 )
 
 
@@ -69,7 +72,8 @@ def _shared_pool(threads: int) -> ThreadPoolExecutor:
 class FlowFields:
     """Flows between adjacent slices of one volume, computed ahead of a pass on worker threads
     (at most ``window`` pending at a time) and handed out once: a pass uses each flow once,
-    and re-propagating a segment after a correction costs only that segment's flows."""
+    and re-propagating a segment after a correction costs only that segment's flows.
+    Passes may run on several threads at once: each thread has its own queue."""
 
     def __init__(self, stack: np.ndarray, settings: FlowSettings, window: int = 16,
                  cache_mb: float = 0.0) -> None:
@@ -79,38 +83,75 @@ class FlowFields:
         self.settings = settings
         self.window = window
         self.depth, self.height, self.width = stack.shape
-        self._queue: list[tuple[int, int]] = []
-        self._pending: dict[tuple[int, int], Future] = {}
+        self._lock = threading.Lock()
+        self._queues: dict[int, list[tuple[int, int]]] = {}  # thread -> pairs to queue
+        # pair -> (the flow on its way, the thread whose pass queued it)
+        self._pending: dict[tuple[int, int], tuple[Future, int]] = {}
         self._flow = SliceFlow(settings, self.height, self.width)
+        self.cell = self._flow.cell  # flows are handed out on a grid of such cells
+        self.grid_shape = (-(-self.height // self.cell), -(-self.width // self.cell))
         self.computed = 0  # flows computed so far (instrumentation; counted when handed out)
 
     def prefetch(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Queue the flows of ``pairs`` (in the order they will be asked for); flows queued
-        for an earlier pass that were never asked for are dropped."""
-        self._queue = [pair for pair in pairs if abs(pair[0] - pair[1]) == 1
-                       and pair not in self._kept]
-        wanted = set(self._queue)
-        for pair in [p for p in self._pending if p not in wanted]:
-            self._pending.pop(pair).cancel()
-        self._fill()
+        """Queue the flows of ``pairs`` for the calling thread's pass (in the order it will
+        ask for them); flows that thread queued for an earlier pass and never asked for are
+        dropped (``prefetch(())`` when a pass ends)."""
+        thread = threading.get_ident()
+        with self._lock:
+            queue = [pair for pair in pairs if abs(pair[0] - pair[1]) == 1
+                     and pair not in self._kept]
+            if queue:
+                self._queues[thread] = queue
+            else:
+                self._queues.pop(thread, None)
+            wanted = set(queue)
+            for pair in [p for p, (_, owner) in self._pending.items()
+                         if owner == thread and p not in wanted]:
+                self._pending.pop(pair)[0].cancel()
+            self._fill()
 
     def flow(self, a: int, b: int) -> np.ndarray:
-        """Flow (H, W, 2) from slice ``a`` to its neighbour ``b`` (full size; float32, or
-        float16 when kept)."""
+        """Flow from slice ``a`` to its neighbour ``b`` on the grid of ``cell`` px cells
+        (``grid_shape`` + (2,), in cells: ``on_grid``); float32, or float16 with a cache
+        (the same values whether it was kept or just computed). A flow on its way (queued,
+        or computed by another thread's pass) is waited for, not computed again."""
         if abs(a - b) != 1:
             raise ValueError(f"flows are between adjacent slices, got {a} -> {b}")
-        kept = self._kept.get((a, b))
-        if kept is not None:
-            self._kept.move_to_end((a, b))
-            return kept  # float16 (compose takes it as it is)
-        pending = self._pending.pop((a, b), None)
-        self._fill()
-        flow = pending.result() if pending else self._compute(a, b)
-        self.computed += 1
-        if self.cache_bytes:
-            self._kept[a, b] = flow.astype(np.float16)
-            while len(self._kept) * flow.size * 2 > self.cache_bytes:
-                self._kept.popitem(last=False)
+        while True:
+            with self._lock:
+                kept = self._kept.get((a, b))
+                if kept is not None:
+                    self._kept.move_to_end((a, b))
+                    return kept  # float16 (compose takes it as it is)
+                entry = self._pending.get((a, b))
+                if entry is None:  # computed here; a placeholder others can wait on
+                    entry = self._pending[a, b] = Future(), threading.get_ident()
+                    entry[0].set_running_or_notify_cancel()  # no longer cancellable
+                    mine = True
+                else:
+                    mine = False
+                self._fill()
+            future = entry[0]
+            if mine:
+                try:
+                    future.set_result(self._compute(a, b))
+                except BaseException as error:
+                    future.set_exception(error)
+            try:
+                flow = future.result()
+            except CancelledError:  # its pass no longer wanted it before it started
+                continue
+            break
+        with self._lock:
+            if self._pending.get((a, b)) is entry:
+                self._pending.pop((a, b))
+                self.computed += 1
+            if self.cache_bytes:
+                flow = flow.astype(np.float16)
+                if (a, b) not in self._kept:
+                    self._kept[a, b] = flow
+                    while len(self._kept) * flow.size * 2 > self.cache_bytes:
+                        self._kept.popitem(last=False)
         return flow
 
     def warm(self, stop: threading.Event) -> int:
@@ -120,7 +161,7 @@ class FlowFields:
         makes sure): it fills the same cache without a lock."""
         if not self.cache_bytes:
             return 0
-        slice_bytes = self.height * self.width * 2 * 2  # (H, W, 2) float16
+        slice_bytes = self.grid_shape[0] * self.grid_shape[1] * 2 * 2  # (h, w, 2) float16
         room = self.cache_bytes // slice_bytes - len(self._kept)
         missing = [(a, b) for a in range(self.depth) for b in (a - 1, a + 1)
                    if 0 <= b < self.depth and (a, b) not in self._kept][:max(room, 0)]
@@ -132,7 +173,7 @@ class FlowFields:
                 break
             batch = missing[first:first + threads]
             # a flow an earlier pass queued but never asked for may be on its way already
-            flows = ([self._pending.pop(pair, None) or pool.submit(self._compute, *pair)
+            flows = ([(self._pending.pop(pair, None) or (pool.submit(self._compute, *pair),))[0]
                       for pair in batch] if pool else [self._compute(*pair) for pair in batch])
             for pair, flow in zip(batch, flows, strict=True):
                 self._kept[pair] = (flow.result() if pool else flow).astype(np.float16)
@@ -142,32 +183,50 @@ class FlowFields:
         return done
 
     def _fill(self) -> None:
+        """Submit queued flows, the threads' queues in turn, until ``window`` are pending
+        (under the lock)."""
         if self.settings.threads < 2:
             return
         pool = _shared_pool(self.settings.threads)
-        while self._queue and len(self._pending) < self.window:
-            pair = self._queue.pop(0)
-            if pair not in self._pending:
-                self._pending[pair] = pool.submit(self._compute, *pair)
+        while self._queues and len(self._pending) < self.window:
+            for thread in list(self._queues):
+                queue = self._queues[thread]
+                pair = queue.pop(0)
+                if not queue:
+                    del self._queues[thread]
+                if pair not in self._pending and pair not in self._kept:
+                    self._pending[pair] = pool.submit(self._compute, *pair), thread
+                if len(self._pending) >= self.window:
+                    break
 
     def _compute(self, a: int, b: int) -> np.ndarray:
-        return self._flow(self.stack[a], self.stack[b])
+        return on_grid(self._flow(self.stack[a], self.stack[b]), self.cell)
 
 
 class RegionMap:
     """A map of a slice onto the key (absolute key coordinates (x, y), as :func:`compose`
-    makes) kept only over ``box`` (rows, cols) of the slice; indexed with absolute boxes
-    inside it (steps allowed). :meth:`step` composes one more flow."""
+    makes) kept only over ``box`` (rows, cols; pixels) of the slice, on the flows' grid of
+    ``cell`` px cells (``centres``: :func:`cell_centres` of the whole slice's grid; the
+    values are the map at the cells' centres). Indexed with a pixel box inside it (steps
+    allowed), it gives the map on those pixels (bilinear between the cells' centres: the
+    flow holds no finer detail). :meth:`step` composes one more flow."""
 
-    def __init__(self, grid: np.ndarray, box: tuple[slice, slice], local_grid: np.ndarray
-                 ) -> None:
-        self.box = box
-        self.values = np.ascontiguousarray(grid[box])
-        self.local_grid = local_grid  # identity_map of the box's size
+    def __init__(self, centres: np.ndarray, box: tuple[slice, slice], cell: int,
+                 local_grid: np.ndarray) -> None:
+        self.box, self.cell, self.centres = box, cell, centres
+        self.cells = self._cells_of(box)
+        self.values = np.ascontiguousarray(centres[self.cells])
+        self.local_grid = local_grid  # identity_map of the box's cells
 
     def step(self, flow: np.ndarray) -> None:
-        """Compose the flow (H, W, 2) from the next slice to the one this map is of."""
-        self.values = compose(self.values, flow[self.box], self.local_grid)
+        """Compose the flow (on the grid, :meth:`FlowFields.flow`) from the next slice to
+        the one this map is of."""
+        self.values = compose(self.values, flow[self.cells], self.local_grid)
+
+    def frozen(self) -> RegionMap:
+        """This map as it is now: later steps leave it alone (they replace the values, never
+        change them)."""
+        return copy.copy(self)
 
     def clamp(self, box: tuple[slice, slice]) -> tuple[slice, slice]:
         """``box`` cut to this map's box."""
@@ -175,8 +234,37 @@ class RegionMap:
         return (slice(max(box[0].start, rows.start), min(box[0].stop, rows.stop)),
                 slice(max(box[1].start, cols.start), min(box[1].stop, cols.stop)))
 
+    def shift(self, box: tuple[slice, slice]) -> float:
+        """The largest displacement (pixels) of the map over ``box`` (inside the map's box),
+        read every 4th pixel (displacements are smooth)."""
+        cells = self._cells_of(box)
+        every = max(1, 4 // self.cell)
+        sample = tuple(slice(c.start - own.start, c.stop - own.start, every)
+                       for c, own in zip(cells, self.cells, strict=True))
+        centres = tuple(slice(c.start, c.stop, every) for c in cells)
+        return float(np.abs(self.values[sample] - self.centres[centres]).max())
+
     def __getitem__(self, box: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = box
-        top, left = self.box[0].start, self.box[1].start
-        return self.values[slice(rows.start - top, rows.stop - top, rows.step),
-                           slice(cols.start - left, cols.stop - left, cols.step)]
+        if self.cell == 1:
+            return self.values[self._local(box, self.box)]
+        # the cells around the box, one more each side, upsampled: cv2's half-pixel
+        # alignment puts each cell's value at its centre pixel
+        cell = self.cell
+        around = tuple(slice(max(own.start, b.start // cell - 1),
+                             min(own.stop, -(-b.stop // cell) + 1))
+                       for b, own in zip(box, self.cells, strict=True))
+        crop = self.values[self._local(around, self.cells)]
+        upsampled = cv2.resize(crop, (crop.shape[1] * cell, crop.shape[0] * cell),
+                               interpolation=cv2.INTER_LINEAR)
+        return upsampled[self._local(box, tuple(slice(a.start * cell, a.stop * cell)
+                                                for a in around))]
+
+    def _cells_of(self, box: tuple[slice, slice]) -> tuple[slice, slice]:
+        """The grid cells that cover a pixel box."""
+        return tuple(slice(b.start // self.cell, -(-b.stop // self.cell)) for b in box)
+
+    @staticmethod
+    def _local(box: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[slice, ...]:
+        """``box`` (steps kept) relative to the start of ``origin``."""
+        return tuple(slice(b.start - o.start, b.stop - o.start, b.step)
+                     for b, o in zip(box, origin, strict=True))

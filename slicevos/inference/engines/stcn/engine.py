@@ -34,6 +34,7 @@ import torch
 
 from slicevos.config import from_dict
 from slicevos.errors import InputError
+from slicevos.inference.box_scores import Box
 from slicevos.inference.checkpoints import load_with_windows
 from slicevos.inference.engines.stcn.memory_bank import FeatureCache, MemoryBank
 from slicevos.inference.engines.stcn.object_modes import object_mode
@@ -149,8 +150,8 @@ class StcnPasses(PassEngine):
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.mode.label_lut(object_ids)
 
-    def pixel_doubt(self, output: PassOutput) -> tuple[np.ndarray, None]:
-        return (1.0 - output.scores.max(0).values).float().cpu().numpy(), None
+    def pixel_doubt(self, output: PassOutput, box: Box) -> np.ndarray:
+        return (1.0 - output.scores[:, box[0], box[1]].max(0).values).float().cpu().numpy()
 
     @torch.inference_mode()
     def run_pass(self, start: int, other: int | None, slices: range,
@@ -205,7 +206,7 @@ class StcnPasses(PassEngine):
         return self._key_values[z]
 
     def _encode_value(self, z: int, features: KeyFeatures, masks: torch.Tensor) -> torch.Tensor:
-        self.session.stats.value_encodings += 1
+        self.session.stats.add("value_encodings")
         return self.net.encode_value(self._images([z]), features.f16, masks)[0]
 
     def _features(self, z: int, upcoming: range | list[int]) -> KeyFeatures:
@@ -218,7 +219,7 @@ class StcnPasses(PassEngine):
             batch = batch[:self.propagator.key_batch_size]
             with torch.inference_mode():
                 encoded = self.net.encode_key(self._images(batch))
-            self.session.stats.key_encoded_slices += len(batch)
+            self.session.stats.add("key_encoded_slices", len(batch))
             for i, s in enumerate(batch):
                 self.features.put(s, encoded.index(slice(i, i + 1)))
         return self.features.get(z)
