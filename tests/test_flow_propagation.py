@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from slicevos.benchmarks.baselines import nearest_key_copy
+from slicevos.data.optical_flow import FIXED_SCALE
 from slicevos.errors import InputError
 from slicevos.inference.box_scores import BoxScores, over, union
 from slicevos.inference.engines import build_propagator
@@ -18,11 +19,9 @@ from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
     RegionMap,
-    SliceFlow,
-    cell_centres,
     compose,
     identity_map,
-    on_grid,
+    to_fixed,
 )
 from slicevos.inference.engines.flow.shapes import key_shapes, unmatched_parts
 from slicevos.inference.session import fuse_directions, score_channels
@@ -281,14 +280,18 @@ def test_scores_and_confidences_over_a_box_match_the_whole_slice() -> None:
     np.testing.assert_array_equal(over(best, None, extent, 0.0), best[extent])
 
 
-def test_compose_takes_float16_flows_as_their_float32_values() -> None:
+def test_compose_takes_fixed_point_flows_as_their_values() -> None:
+    """A cache keeps flows as int16 fixed point (``to_fixed``: 1/128 px steps); composed,
+    they give exactly what their float values give."""
     rng = np.random.default_rng(2)
     grid = identity_map(30, 40)
     previous = grid + rng.normal(0, 2, grid.shape).astype(np.float32)
-    flow = rng.normal(0, 3, grid.shape).astype(np.float16)
-    np.testing.assert_array_equal(compose(previous, flow[5:25, 3:33], grid[:20, :30]),
-                                  compose(previous, flow[5:25, 3:33].astype(np.float32),
-                                          grid[:20, :30]))
+    fixed = to_fixed(rng.normal(0, 3, grid.shape).astype(np.float32))
+    assert fixed.dtype == np.int16
+    values = fixed.astype(np.float32) / FIXED_SCALE
+    np.testing.assert_array_equal(compose(previous, fixed[5:25, 3:33], grid[:20, :30]),
+                                  compose(previous, values[5:25, 3:33], grid[:20, :30]))
+    assert to_fixed(np.array([1000.0, -1000.0, 0.3])).tolist() == [32767, -32768, 38]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -305,10 +308,9 @@ def test_flows_computed_ahead_fill_the_cache_without_dropping_any(threads: int) 
     assert len(flows._kept) == 10 and (3, 2) in flows._kept and flows.computed == 10
     reference = FlowFields(stack, settings)
     for pair in list(flows._kept):
-        np.testing.assert_array_equal(flows.flow(*pair),
-                                      reference.flow(*pair).astype(np.float16))
+        np.testing.assert_array_equal(flows.flow(*pair), to_fixed(reference.flow(*pair)))
     assert flows.computed == 10  # every one came from the cache
-    np.testing.assert_array_equal(flows.flow(3, 2), used.astype(np.float16))
+    np.testing.assert_array_equal(flows.flow(3, 2), used)  # kept as it was handed out
     stopped = threading.Event()
     stopped.set()
     assert FlowFields(stack, settings, cache_mb=1).warm(stopped) == 0
@@ -366,54 +368,30 @@ def test_an_organ_holds_the_lesion_in_its_hole_on_the_key() -> None:
     assert inside > 4  # the hole counts as inside the liver
 
 
-@pytest.mark.parametrize("cell", [1, 2, 4])
-def test_a_region_map_composes_as_the_whole_slice_does_inside_its_region(cell: int) -> None:
-    """Five smooth flows composed over a box (``RegionMap``) agree with the whole-slice,
-    full-size composition inside the box, away from its edges: exactly on 1 px cells; on
-    coarser cells (the flows hold no finer detail) within cv2.remap's interpolation steps,
-    1/32 of a cell per composition."""
+def test_a_region_map_composes_as_the_whole_slice_does_inside_its_region() -> None:
+    """Five smooth flows composed over a box (``RegionMap``) agree with the whole-slice
+    composition inside the box, away from its edges, to a hundredth of a pixel; a frozen map
+    stays as it was while the live one goes on."""
     height, width = 80, 96
     grid = identity_map(height, width)
     ys, xs = np.mgrid[:height, :width].astype(np.float32)
     whole = grid
     box = (slice(20, 60), slice(16, 80))
-    region = RegionMap(cell_centres(-(-height // cell), -(-width // cell), cell), box, cell,
-                       identity_map(40 // cell, 64 // cell))
+    region = RegionMap(grid, box, identity_map(40, 64))
     for k in range(5):
         flow = np.stack([1.5 * np.sin(ys / 17 + k), 1.0 * np.cos(xs / 23 - k)], -1)
         flow = flow.astype(np.float32)
         whole = compose(whole, flow, grid)
-        region.step(on_grid(flow, cell))
+        region.step(flow)
     inner = (slice(32, 48), slice(28, 68))
-    atol = 0.01 if cell == 1 else 5 * cell / 32 / 2
-    np.testing.assert_allclose(region[inner], whole[inner], atol=atol)
-    stepped = (slice(33, 47, 4), slice(29, 67, 4))
-    np.testing.assert_array_equal(region[stepped], region[inner][1::4, 1::4])
-    shift = np.abs(whole[inner] - grid[inner]).max()
-    assert abs(region.shift(inner) - shift) < 0.05
+    np.testing.assert_allclose(region[inner], whole[inner], atol=0.01)
+    assert region.shift(inner) == pytest.approx(
+        np.abs(whole[32:48:4, 28:68:4] - grid[32:48:4, 28:68:4]).max(), abs=0.01)
     assert region.clamp((slice(0, 30), slice(70, 200))) == (slice(20, 30), slice(70, 80))
     frozen = region.frozen()
-    region.step(on_grid(np.ones_like(flow), cell))
-    np.testing.assert_allclose(frozen[inner], whole[inner], atol=atol)  # kept as it was
-    assert not np.allclose(region[inner], frozen[inner], atol=0.1)  # the live map moved on
-
-
-def test_flows_are_kept_on_the_grid_of_the_detail_they_hold() -> None:
-    """DIS gives the medium preset's flow on a 512 px slice at half size (2 px cells); a
-    small slice, enlarged for the flow, and the coarse presets get theirs."""
-    assert SliceFlow(FlowSettings(), 512, 512).cell == 2
-    assert SliceFlow(FlowSettings(), 122, 101).cell == 1  # enlarged 2x, finest level 0
-    assert SliceFlow(FlowSettings(), 256, 256).cell == 1
-    assert SliceFlow(FlowSettings(preset="ultrafast"), 512, 512).cell == 4
-    assert SliceFlow(FlowSettings(downscale=2), 512, 512).cell == 2
-    ys, xs = np.mgrid[:7, :9].astype(np.float32)
-    linear = np.stack([0.5 * xs + 1, -0.25 * ys], -1)  # odd sizes: edges replicated
-    cells = on_grid(linear, 2)
-    assert cells.shape == (4, 5, 2)
-    centres = cell_centres(4, 5, 2)
-    np.testing.assert_allclose(cells[:3, :4] * 2, np.stack(
-        [0.5 * centres[:3, :4, 0] + 1, -0.25 * centres[:3, :4, 1]], -1), atol=1e-5)
-    assert on_grid(linear, 1) is linear
+    region.step(np.ones_like(flow))
+    np.testing.assert_allclose(frozen[inner], whole[inner], atol=0.01)
+    assert not np.allclose(region[inner], frozen[inner], atol=0.1)
 
 
 def test_bad_input_errors() -> None:

@@ -43,8 +43,14 @@ outermost keys of a side); the next :meth:`~PropagationSession.propagate` recomp
 and keeps every other label. So the labels depend on the keys only, not on the order in
 which they came: a fresh session given the same keys gives the same labels.
 
+Threads: an engine whose :attr:`PassEngine.pass_threads` is over 1 (the flow engine) has
+the out-of-date segments' passes run on that many threads (``slicevos.inference.parallel``):
+the segments between two keys first, then those beyond the outermost keys. The labels do not
+depend on it, only the order in which :meth:`PropagationSession.propagate` gives the slices.
+
 Memory: forward-pass scores of a two-key segment wait for the backward pass on the CPU in
-float16 (L x H x W x 2 bytes per slice of the segment).
+float16 (L x H x W x 2 bytes per slice of the segment); on threads, either pass's slices
+wait for the other's.
 """
 
 from __future__ import annotations

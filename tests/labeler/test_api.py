@@ -101,7 +101,7 @@ def test_flows_are_computed_ahead_while_the_user_draws(scans, open_client):
     for z in (4, 12, 20):
         session.set_keys_of_slice(z, *labeler.session.keys_of_slice(z))
     cold = session.run()
-    assert (cold != labeler.session.labels).mean() < 1e-3  # float16 flows: a pixel or so
+    assert (cold != labeler.session.labels).mean() < 1e-3  # fixed-point flows: a pixel or so
 
 
 def test_undo_restores_or_drops_the_key(scans, open_client):

@@ -12,13 +12,19 @@ onto ``k`` (``slicevos.inference.engines.flow.field``) and warps the key's per-o
 distances through it once (``slicevos.inference.engines.flow.shapes``). Scores are those distances
 (pixels, clipped to ``[floor, clip]``, see ``shapes``; background scores 0), so the session's distance-weighted mean
 of the two directions interpolates the shapes between the keys. Per slice the cost is one
-flow, one map composition, one warp of the key image, and warps of the objects' boxes only:
-it grows with the objects' area, not with their count times the slice.
+flow, one map composition, and warps of the objects' boxes and of the key image over them
+only: it grows with the objects' area, not with their count times the slice.
 
 Confidence: ``exp(-r / residual_scale)``, ``r`` the blurred absolute difference between the
 slice and the key image warped onto it. It weighs the two directions per pixel in the fusion,
 and beyond the outermost keys (one direction, no disagreement to measure) it makes the
-per-slice uncertainty: 1 - the mean confidence over the predicted foreground.
+per-slice uncertainty: 1 - the mean confidence over the predicted foreground. A pass measures
+it over its objects' box; the fusion reads it over both passes' boxes and measures the rest
+then, as if the pass had measured it over the track's whole region.
+
+Threads (``FlowSettings.threads`` over 1): the session runs passes at once
+(``slicevos.inference.parallel``), and the second opinions of a pass beyond the outermost
+key walk on a thread of their own beside it; caches are filled once, under a lock.
 
 Shapes between keys: an object on both keys of a segment is the distance-weighted mean of
 its two warped signed distances. A part of an object with no counterpart on the segment's
@@ -91,7 +97,6 @@ from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
     RegionMap,
-    cell_centres,
     flow_image,
     identity_map,
 )
@@ -214,7 +219,7 @@ class FlowPasses(PassEngine):
                      else session.shared_value("grey", lambda: session.image[:, 0].numpy()))
         self.flows = session.shared_value(("flows", settings), lambda: FlowFields(
             self.stack, settings, cache_mb=config.flow_cache_mb))
-        self.centres = cell_centres(*self.flows.grid_shape, self.flows.cell)
+        self.grid = identity_map(session.height, session.width)
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[tuple[int, ...], dict[int, np.ndarray]] = {}  # model keys -> models
         # (key z, object, model keys) -> support
@@ -223,7 +228,9 @@ class FlowPasses(PassEngine):
         self._region: tuple[slice, slice] | None = None
         self._local_grid: np.ndarray | None = None
         self._unmatched: dict[tuple[int, int], dict[int, np.ndarray]] = {}
-        self._filling = threading.RLock()  # passes on threads fill each cache entry once
+        # passes on threads fill each cache entry once: one lock per entry
+        self._entry_locks: dict[tuple[int, Any], threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._walks: dict[tuple[int, int], _Walk] = {}  # (key, step) -> its end-rule walk
 
     def keys_changed(self, z: int, objects_changed: bool) -> int:
@@ -235,6 +242,7 @@ class FlowPasses(PassEngine):
         self._local_grid = None
         self._unmatched.clear()
         self._walks.clear()
+        self._entry_locks.clear()
         # a pass beyond the outermost key reads the OUTER_REACH outermost keys (its end
         # model and second opinions): a change to any of them redoes it
         return OUTER_REACH if self.config.end_rule != "none" else 0
@@ -258,7 +266,9 @@ class FlowPasses(PassEngine):
         """``table[key]``, made by ``make`` the first time (once, whichever pass asks)."""
         value = table.get(key)
         if value is None:
-            with self._filling:
+            with self._locks_lock:
+                lock = self._entry_locks.setdefault((id(table), key), threading.Lock())
+            with lock:
                 value = table.get(key)
                 if value is None:
                     value = table[key] = make()
@@ -529,11 +539,10 @@ class FlowPasses(PassEngine):
         """A fresh map of the key onto itself over the track's region (``_confidence_region``),
         for a pass to compose flows into."""
         region = self._confidence_region()
-        cell = self.flows.cell
         if self._local_grid is None:
-            self._local_grid = identity_map(*(-(-r.stop // cell) - r.start // cell
-                                              for r in region))
-        return RegionMap(self.centres, region, cell, self._local_grid)
+            self._local_grid = identity_map(region[0].stop - region[0].start,
+                                            region[1].stop - region[1].start)
+        return RegionMap(self.grid, region, self._local_grid)
 
     def _warp(self, shape: ObjectShape, mapping: RegionMap,
               part_scales: np.ndarray | None = None) -> tuple[Box, np.ndarray]:

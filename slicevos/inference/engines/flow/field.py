@@ -12,12 +12,14 @@ composing a 512 x 512 map costs about 2.5 ms a slice, and one organ's region is 
 that. Its edges are replicated, as the slice's are.
 
 Flows are not kept by default: each is used once per pass, so memory stays at a window of
-pending flows (2 x 4 bytes per pixel each). An interactive session, which re-propagates the
-same segments after each correction, keeps up to ``cache_mb`` of them (float16, 4 bytes per
-pixel; least recently used dropped first). While it waits for the user it can compute the
-flows no pass has asked for yet (:meth:`FlowFields.warm`): a new key between two others
-needs the flows of the other direction there, and computing them is most of what such a
-correction would otherwise wait for.
+pending flows (2 x 4 bytes per pixel each). An interactive session, which re-propagates the same
+segments after each correction, keeps up to ``cache_mb`` of them (int16 fixed point, 4 bytes
+per pixel; least recently used dropped first). While it waits for the user it can compute the
+flows no pass has asked for yet (:meth:`FlowFields.warm`): a new key between two others needs
+the flows of the other direction there, and computing them is most of what such a correction
+would otherwise wait for. Passes on several threads share one :class:`FlowFields`: each thread
+queues its own flows, and a flow that one is computing is waited for by the others, not
+computed twice.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ from slicevos.data.optical_flow import (  # noqa: F401  (re-exported)
     PRESETS,
     FlowSettings,
     SliceFlow,
-    cell_centres,
     compose,
     identity_map,
-    on_grid,
+    to_fixed,
 )
 
 
@@ -88,8 +89,6 @@ class FlowFields:
         # pair -> (the flow on its way, the thread whose pass queued it)
         self._pending: dict[tuple[int, int], tuple[Future, int]] = {}
         self._flow = SliceFlow(settings, self.height, self.width)
-        self.cell = self._flow.cell  # flows are handed out on a grid of such cells
-        self.grid_shape = (-(-self.height // self.cell), -(-self.width // self.cell))
         self.computed = 0  # flows computed so far (instrumentation; counted when handed out)
 
     def prefetch(self, pairs: Iterable[tuple[int, int]]) -> None:
@@ -111,10 +110,10 @@ class FlowFields:
             self._fill()
 
     def flow(self, a: int, b: int) -> np.ndarray:
-        """Flow from slice ``a`` to its neighbour ``b`` on the grid of ``cell`` px cells
-        (``grid_shape`` + (2,), in cells: ``on_grid``); float32, or float16 with a cache
-        (the same values whether it was kept or just computed). A flow on its way (queued,
-        or computed by another thread's pass) is waited for, not computed again."""
+        """Flow (H, W, 2) from slice ``a`` to its neighbour ``b`` (full size): float32, or
+        int16 fixed point (``to_fixed``) with a cache (the same values whether it was kept or
+        just computed). A flow on its way (queued, or computed by another thread's pass) is
+        waited for, not computed again."""
         if abs(a - b) != 1:
             raise ValueError(f"flows are between adjacent slices, got {a} -> {b}")
         while True:
@@ -122,7 +121,7 @@ class FlowFields:
                 kept = self._kept.get((a, b))
                 if kept is not None:
                     self._kept.move_to_end((a, b))
-                    return kept  # float16 (compose takes it as it is)
+                    return kept  # int16 fixed point (compose takes it as it is)
                 entry = self._pending.get((a, b))
                 if entry is None:  # computed here; a placeholder others can wait on
                     entry = self._pending[a, b] = Future(), threading.get_ident()
@@ -147,7 +146,7 @@ class FlowFields:
                 self._pending.pop((a, b))
                 self.computed += 1
             if self.cache_bytes:
-                flow = flow.astype(np.float16)
+                flow = to_fixed(flow)
                 if (a, b) not in self._kept:
                     self._kept[a, b] = flow
                     while len(self._kept) * flow.size * 2 > self.cache_bytes:
@@ -161,7 +160,7 @@ class FlowFields:
         makes sure): it fills the same cache without a lock."""
         if not self.cache_bytes:
             return 0
-        slice_bytes = self.grid_shape[0] * self.grid_shape[1] * 2 * 2  # (h, w, 2) float16
+        slice_bytes = self.height * self.width * 2 * 2  # (H, W, 2) int16
         room = self.cache_bytes // slice_bytes - len(self._kept)
         missing = [(a, b) for a in range(self.depth) for b in (a - 1, a + 1)
                    if 0 <= b < self.depth and (a, b) not in self._kept][:max(room, 0)]
@@ -176,7 +175,7 @@ class FlowFields:
             flows = ([(self._pending.pop(pair, None) or (pool.submit(self._compute, *pair),))[0]
                       for pair in batch] if pool else [self._compute(*pair) for pair in batch])
             for pair, flow in zip(batch, flows, strict=True):
-                self._kept[pair] = (flow.result() if pool else flow).astype(np.float16)
+                self._kept[pair] = to_fixed(flow.result() if pool else flow)
                 self._kept.move_to_end(pair, last=False)  # the least recently used: first out
                 done += 1
         self.computed += done
@@ -200,28 +199,23 @@ class FlowFields:
                     break
 
     def _compute(self, a: int, b: int) -> np.ndarray:
-        return on_grid(self._flow(self.stack[a], self.stack[b]), self.cell)
+        return self._flow(self.stack[a], self.stack[b])
 
 
 class RegionMap:
     """A map of a slice onto the key (absolute key coordinates (x, y), as :func:`compose`
-    makes) kept only over ``box`` (rows, cols; pixels) of the slice, on the flows' grid of
-    ``cell`` px cells (``centres``: :func:`cell_centres` of the whole slice's grid; the
-    values are the map at the cells' centres). Indexed with a pixel box inside it (steps
-    allowed), it gives the map on those pixels (bilinear between the cells' centres: the
-    flow holds no finer detail). :meth:`step` composes one more flow."""
+    makes) kept only over ``box`` (rows, cols) of the slice; indexed with absolute boxes
+    inside it (steps allowed). :meth:`step` composes one more flow."""
 
-    def __init__(self, centres: np.ndarray, box: tuple[slice, slice], cell: int,
-                 local_grid: np.ndarray) -> None:
-        self.box, self.cell, self.centres = box, cell, centres
-        self.cells = self._cells_of(box)
-        self.values = np.ascontiguousarray(centres[self.cells])
-        self.local_grid = local_grid  # identity_map of the box's cells
+    def __init__(self, grid: np.ndarray, box: tuple[slice, slice], local_grid: np.ndarray
+                 ) -> None:
+        self.box, self.grid = box, grid
+        self.values = np.ascontiguousarray(grid[box])
+        self.local_grid = local_grid  # identity_map of the box's size
 
     def step(self, flow: np.ndarray) -> None:
-        """Compose the flow (on the grid, :meth:`FlowFields.flow`) from the next slice to
-        the one this map is of."""
-        self.values = compose(self.values, flow[self.cells], self.local_grid)
+        """Compose the flow (H, W, 2) from the next slice to the one this map is of."""
+        self.values = compose(self.values, flow[self.box], self.local_grid)
 
     def frozen(self) -> RegionMap:
         """This map as it is now: later steps leave it alone (they replace the values, never
@@ -237,34 +231,11 @@ class RegionMap:
     def shift(self, box: tuple[slice, slice]) -> float:
         """The largest displacement (pixels) of the map over ``box`` (inside the map's box),
         read every 4th pixel (displacements are smooth)."""
-        cells = self._cells_of(box)
-        every = max(1, 4 // self.cell)
-        sample = tuple(slice(c.start - own.start, c.stop - own.start, every)
-                       for c, own in zip(cells, self.cells, strict=True))
-        centres = tuple(slice(c.start, c.stop, every) for c in cells)
-        return float(np.abs(self.values[sample] - self.centres[centres]).max())
+        sample = (slice(box[0].start, box[0].stop, 4), slice(box[1].start, box[1].stop, 4))
+        return float(np.abs(self[sample] - self.grid[sample]).max())
 
     def __getitem__(self, box: tuple[slice, slice]) -> np.ndarray:
-        if self.cell == 1:
-            return self.values[self._local(box, self.box)]
-        # the cells around the box, one more each side, upsampled: cv2's half-pixel
-        # alignment puts each cell's value at its centre pixel
-        cell = self.cell
-        around = tuple(slice(max(own.start, b.start // cell - 1),
-                             min(own.stop, -(-b.stop // cell) + 1))
-                       for b, own in zip(box, self.cells, strict=True))
-        crop = self.values[self._local(around, self.cells)]
-        upsampled = cv2.resize(crop, (crop.shape[1] * cell, crop.shape[0] * cell),
-                               interpolation=cv2.INTER_LINEAR)
-        return upsampled[self._local(box, tuple(slice(a.start * cell, a.stop * cell)
-                                                for a in around))]
-
-    def _cells_of(self, box: tuple[slice, slice]) -> tuple[slice, slice]:
-        """The grid cells that cover a pixel box."""
-        return tuple(slice(b.start // self.cell, -(-b.stop // self.cell)) for b in box)
-
-    @staticmethod
-    def _local(box: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[slice, ...]:
-        """``box`` (steps kept) relative to the start of ``origin``."""
-        return tuple(slice(b.start - o.start, b.stop - o.start, b.step)
-                     for b, o in zip(box, origin, strict=True))
+        rows, cols = box
+        top, left = self.box[0].start, self.box[1].start
+        return self.values[slice(rows.start - top, rows.stop - top, rows.step),
+                           slice(cols.start - left, cols.stop - left, cols.step)]
