@@ -24,7 +24,7 @@ then, as if the pass had measured it over the track's whole region.
 
 Threads (``FlowSettings.threads`` over 1): the session runs passes at once
 (``slicevos.inference.parallel``), and the second opinions of a pass beyond the outermost
-key walk on a thread of their own beside it; caches are filled once, under a lock.
+key walk on a thread of their own beside it; each cache entry is filled once (a lock each).
 
 Shapes between keys: an object on both keys of a segment is the distance-weighted mean of
 its two warped signed distances. A part of an object with no counterpart on the segment's
@@ -256,7 +256,6 @@ class FlowPasses(PassEngine):
     def pixel_doubt(self, output: PassOutput, box: Box) -> np.ndarray | None:
         confidence = output.confidence_over(box)
         return None if confidence is None else 1.0 - confidence
-
 
     def shapes(self, z: int) -> dict[int, ObjectShape]:
         return self._cached(self._shapes, z, lambda: key_shapes(
@@ -611,7 +610,7 @@ class FlowPasses(PassEngine):
     def _confidence_region(self, margin: int = 64) -> tuple[slice, slice]:
         """The bounding box of every object on every key of this track, grown by ``margin``
         pixels (object boxes move less than that between keys; cached until keys change):
-        where passes compose their maps and measure confidence."""
+        where passes compose their maps (and may measure the confidence)."""
         if self._region is None:
             boxes = [(shape.top, shape.left, shape.distance.shape) for z in
                      self.session.key_masks for shape in self.shapes(z).values()]
