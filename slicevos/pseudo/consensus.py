@@ -21,6 +21,11 @@ true DSC. Chosen by its worst pool over four quality-spread pools, each graded b
 (docs/pseudo_labels.md, "Per-pool benchmark"); no variant reaches a Spearman of 0.90 on every
 pool (scans truncated in z fool every member alike). ``slices`` does not apply to it.
 
+``unanimous_dice_3d``: the same two masks on the Dice scale, ``2 |Y_1 & ... & Y_M| / (|Y_1 &
+... & Y_M| + |Y_1 | ... | Y_M|)`` (for two members their 3D Dice); a monotone map of the IoU per
+organ, but the mean over organs weighs them differently. It led on the seen holdout pools and
+lost on a fresh draw (docs/pseudo_labels.md, "Second check").
+
 ``fused_dice_3d`` (the default until the per-pool benchmark): per class, the mean over members
 of the 3D Dice between member m's mask and the mask of the fused pseudo-label F
 (:func:`fuse_members`, the label that is written): ``2 |Y_m & F| / (|Y_m| + |F|)`` over the
@@ -58,7 +63,9 @@ import numpy as np
 
 from slicevos.errors import InputError
 
-VARIANTS = ("unanimous_iou_3d", "fused_dice_3d", "dice_mean", "paper_iou_majority")
+VARIANTS = ("unanimous_iou_3d", "unanimous_dice_3d", "fused_dice_3d", "dice_mean",
+            "paper_iou_majority")
+UNANIMOUS = ("unanimous_iou_3d", "unanimous_dice_3d")
 DEFAULT_VARIANT = "unanimous_iou_3d"
 SLICE_RULES = ("union", "all")
 _CHUNK_VOXELS = 1 << 24  # voxels (over all members) processed at once
@@ -217,7 +224,7 @@ def consensus_score(
             raise ValueError(f"fused label {fused.shape} vs members {member_labels.shape}")
         inter, fused_size = _fused_overlap(member_labels, fused, num_labels)
         member_size = tally.sum(axis=(1, 3))           # |Y_m| per class, (M, num_labels)
-    if variant == "unanimous_iou_3d":
+    if variant in UNANIMOUS:
         inter, union = _unanimous_overlap(tally)
     per_class: dict[int, float] = {}
     present: list[int] = []
@@ -234,6 +241,9 @@ def consensus_score(
             continue
         if variant == "unanimous_iou_3d":
             per_class[c] = float(inter[c] / union[c])
+            continue
+        if variant == "unanimous_dice_3d":
+            per_class[c] = float(2.0 * inter[c] / (inter[c] + union[c]))
             continue
         scores = _class_scores(tally_c, variant)
         per_class[c] = float(scores[:, on_slice].mean() if slices == "union" else scores.mean())

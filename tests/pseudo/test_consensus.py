@@ -132,15 +132,28 @@ def test_unanimous_iou_3d_by_hand_and_default():
 
 
 @pytest.mark.parametrize("m_count", [2, 3, 4, 6])
-def test_unanimous_iou_3d_matches_a_plain_computation(m_count):
+def test_unanimous_scores_match_a_plain_computation(m_count):
     rng = np.random.default_rng(m_count)
     labels = rng.integers(0, 3, (m_count, 4, 6, 5)).astype(np.uint8)
     labels[1:] = np.where(rng.random(labels[1:].shape) < 0.3, labels[1:], labels[:1])
-    score = consensus_score(labels, [1, 2, 3])
+    iou = consensus_score(labels, [1, 2, 3], "unanimous_iou_3d")
+    dice = consensus_score(labels, [1, 2, 3], "unanimous_dice_3d")
     for c in (1, 2):
         masks = labels == c
-        assert score.per_class[c] == pytest.approx(masks.all(0).sum() / masks.any(0).sum())
-    assert score.present == (1, 2) and score.per_class[3] == 1.0
+        inter, union = masks.all(0).sum(), masks.any(0).sum()
+        assert iou.per_class[c] == pytest.approx(inter / union)
+        # the Dice of the members' intersection and union masks
+        assert dice.per_class[c] == pytest.approx(2 * inter / (inter + union))
+    for score in (iou, dice):
+        assert score.present == (1, 2) and score.per_class[3] == 1.0
+
+
+def test_unanimous_dice_3d_of_two_members_is_their_dice():
+    rng = np.random.default_rng(5)
+    labels = (rng.random((2, 5, 9, 9)) < 0.4).astype(np.uint8)
+    a, b = labels == 1
+    expected = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert consensus_score(labels, [1], "unanimous_dice_3d").volume == pytest.approx(expected)
 
 
 def test_a_lone_speck_is_no_agreement():
