@@ -71,7 +71,7 @@ class TrackView:
 
 
 class ObjectOutputs:
-    """Per object and slice: the crop where it won (box, strength float16) and its doubt
+    """Per object and slice: the crop where it won (box, strength float32) and its doubt
     (sum of per-pixel doubt, pixel count) for the per-organ uncertainty; and per slice the
     box that crops put since the last :meth:`merge` changed."""
 
@@ -108,10 +108,9 @@ class ObjectOutputs:
             return
         x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
         found = (slice(y, y + h), slice(x, x + w))
-        values = (np.where(mask[found], strength[found], 0) if isinstance(strength, np.ndarray)
-                  else np.where(mask[found], strength, 0))
-        self.crops[object_id][z] = placed(found, box), values.astype(np.float32 if not isinstance(
-            strength, np.ndarray) else np.float16)
+        values = np.where(mask[found], strength[found] if isinstance(strength, np.ndarray)
+                          else strength, 0).astype(np.float32, copy=False)
+        self.crops[object_id][z] = placed(found, box), values
         self._changed(z, self.crops[object_id][z][0])
 
     def _changed(self, z: int, box: Box) -> None:
@@ -141,8 +140,8 @@ class ObjectOutputs:
             values = crop[1][within(common, crop[0])]
             here = within(common, frame)
             wins = values > best[here]
-            best[here][wins] = values[wins]
-            framed[here][wins] = object_id
+            np.copyto(best[here], values, where=wins)
+            np.copyto(framed[here], object_id, where=wins)
 
     def uncertainty(self, objects: Iterable[int]) -> np.ndarray:
         """(D,) float32: summed doubt over summed pixels of ``objects``; NaN where any of them
