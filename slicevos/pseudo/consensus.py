@@ -65,7 +65,7 @@ from slicevos.errors import InputError
 
 VARIANTS = ("unanimous_iou_3d", "unanimous_dice_3d", "fused_dice_3d", "dice_mean",
             "paper_iou_majority")
-UNANIMOUS = ("unanimous_iou_3d", "unanimous_dice_3d")
+_UNANIMOUS = ("unanimous_iou_3d", "unanimous_dice_3d")
 DEFAULT_VARIANT = "unanimous_iou_3d"
 SLICE_RULES = ("union", "all")
 _CHUNK_VOXELS = 1 << 24  # voxels (over all members) processed at once
@@ -224,7 +224,7 @@ def consensus_score(
             raise ValueError(f"fused label {fused.shape} vs members {member_labels.shape}")
         inter, fused_size = _fused_overlap(member_labels, fused, num_labels)
         member_size = tally.sum(axis=(1, 3))           # |Y_m| per class, (M, num_labels)
-    if variant in UNANIMOUS:
+    if variant in _UNANIMOUS:
         inter, union = _unanimous_overlap(tally)
     per_class: dict[int, float] = {}
     present: list[int] = []
