@@ -43,9 +43,9 @@ def run_segments(jobs: Sequence[tuple[Track, Segment]], threads: int,
         return
     passes = []  # (job, direction, track, pass)
     for index, (track, segment) in enumerate(jobs):
-        if not track.view.object_ids:
-            for z in range(segment[2], segment[3]):
-                yield track, z, SegmentResult.empty()
+        if not track.view.object_ids:  # nothing to run: the track's empty results
+            for z, result in track.run_segment(*segment):
+                yield track, z, result
             continue
         passes += [(index, direction, track, spec)
                    for direction, spec in enumerate(track.passes(*segment))]
