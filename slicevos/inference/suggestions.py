@@ -4,9 +4,12 @@ with reference keys the report ranks per-slice uncertainty, since the keys may b
 
 Per organ, each slice ``w`` has an expected error::
 
-    error(w) = area(w) / max area  x  d(w)  x  (1 + doubt(w))
+    error(w) = sqrt(area(w) / max area)  x  d(w)  x  (1 + doubt(w))
 
-- ``area``: the organ's propagated pixels on ``w`` (what is there to be wrong);
+- ``area``: the organ's propagated pixels on ``w``. A boundary that drifts by a pixel
+  makes as many wrong pixels as the outline is long, and an outline's length grows as the
+  square root of the area it holds: a small tip of an organ, whose shape changes fastest,
+  counts for more than its area says;
 - ``d``: slices to the organ's nearest key (its own keys and the whole-slice keys): error
   grows with distance from what was drawn, and is 0 on keys;
 - ``doubt``: the session's per-organ uncertainty (the two directions' disagreement between
@@ -15,7 +18,7 @@ Per organ, each slice ``w`` has an expected error::
 A non-key slice ``z`` scores the error a key there would remove: every slice ``w`` nearer
 to ``z`` than to its nearest key has its distance cut from ``d(w)`` to ``|w - z|``::
 
-    score(z) = sum_w area(w) / max area  x  (1 + doubt(w))  x  max(0, d(w) - |w - z|)
+    score(z) = sum_w sqrt(area(w) / max area)  x  (1 + doubt(w))  x  max(0, d(w) - |w - z|)
 
 So a key goes where it helps the most slices (the middle of a long gap, as bisection
 does, weighed by what is there), not where one slice is worst. Candidates and counted slices
@@ -48,13 +51,14 @@ def organ_scores(session: PropagationSession, object_id: int, end_reach: int = 3
     distance = np.abs(np.arange(depth)[:, None] - keys[None, :]).min(1).astype(np.float64)
     doubt = np.nan_to_num(session.object_uncertainty(object_id), nan=0.0)
     present = np.flatnonzero(area > 0)
-    reach = area.copy()
+    outline = np.sqrt(area / area.max())  # an outline's length, relative (module doc)
+    reach = outline.copy()
     for edge, step in ((present[0], -1), (present[-1], 1)):
         for offset in range(1, end_reach + 1):
             z = edge + step * offset
             if 0 <= z < depth and area[z] == 0:
-                reach[z] = max(reach[z], 0.5 * area[edge])
-    weight = reach / area.max() * (1.0 + doubt)
+                reach[z] = max(reach[z], 0.5 * outline[edge])
+    weight = reach * (1.0 + doubt)
     offsets = np.abs(np.arange(depth)[:, None] - np.arange(depth)[None, :])  # (z, w)
     scores = (np.maximum(distance[None, :] - offsets, 0.0) * weight[None, :]).sum(1)
     scores[(reach == 0) | np.isin(np.arange(depth), keys)] = 0.0  # candidates: the organ
