@@ -12,7 +12,7 @@ from test_propagation_session import make_net, volume  # tests/ is on sys.path
 from slicevos.errors import InputError
 from slicevos.inference.engines.flow.engine import OUTER_REACH, FlowPropagator
 from slicevos.inference.engines.stcn.engine import Propagator
-from slicevos.inference.suggestions import suggest_slices
+from slicevos.inference.suggestions import suggest_slices, tent_sums
 from slicevos.phantom import PhantomConfig, make_phantom
 from slicevos.preprocessing.windowing import window_volume
 
@@ -170,6 +170,17 @@ def test_the_first_suggestion_splits_the_longest_run_as_bisection_would() -> Non
     assert (session.labels[:41, 24, 24] == 1).all()
     first = suggest_slices(session, 1)[0]
     assert 19 <= first <= 31, first
+
+
+@pytest.mark.parametrize("depth", [1, 2, 9, 150])
+def test_tent_sums_match_the_sum_over_every_pair_of_slices(depth: int) -> None:
+    """The O(D) scores equal the plain (D, D) sum, tents reaching past both ends included."""
+    rng = np.random.default_rng(depth)
+    half_widths = rng.integers(0, depth + 1, depth)
+    weights = rng.random(depth)
+    offsets = np.abs(np.arange(depth)[:, None] - np.arange(depth)[None, :])
+    expected = (np.maximum(half_widths[None, :] - offsets, 0) * weights[None, :]).sum(1)
+    np.testing.assert_allclose(tent_sums(half_widths, weights), expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["per_object", "joint"])

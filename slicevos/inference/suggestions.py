@@ -59,10 +59,25 @@ def organ_scores(session: PropagationSession, object_id: int, end_reach: int = 3
             if 0 <= z < depth and area[z] == 0:
                 reach[z] = max(reach[z], 0.5 * outline[edge])
     weight = reach * (1.0 + doubt)
-    offsets = np.abs(np.arange(depth)[:, None] - np.arange(depth)[None, :])  # (z, w)
-    scores = (np.maximum(distance[None, :] - offsets, 0.0) * weight[None, :]).sum(1)
+    scores = tent_sums(distance.astype(np.int64), weight)
     scores[(reach == 0) | np.isin(np.arange(depth), keys)] = 0.0  # candidates: the organ
     return scores
+
+
+def tent_sums(half_widths: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(D,) float64 ``out[z] = sum_w weights[w] * max(0, half_widths[w] - |w - z|)`` for
+    integer ``half_widths`` (D,) >= 0, in O(D): each ``w`` adds a tent whose second difference
+    is ``+1, -2, +1`` at ``w - h, w, w + h``, and two running sums undo the differences (a
+    (D, D) table of offsets took 14 ms per organ at 1000 slices, and the page asks for
+    every organ's list at each status poll)."""
+    depth = len(weights)
+    where = np.arange(depth)
+    pad = depth + 1  # a tent may start up to depth slices before slice 0
+    size = 3 * depth + 3
+    second = (np.bincount(where - half_widths + pad, weights, size)
+              - 2 * np.bincount(where + pad, weights, size)
+              + np.bincount(where + half_widths + pad, weights, size))
+    return np.cumsum(np.cumsum(second))[depth:2 * depth]
 
 
 def suggest_slices(session: PropagationSession, object_id: int | None = None, k: int = 8,
