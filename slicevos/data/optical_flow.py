@@ -39,7 +39,11 @@ class FlowSettings:
     worker threads that compute flows ahead of a pass, and the passes that may run at once
     (the flow engine's; ``slicevos.inference.parallel``); ``upsample_below``: slices smaller than
     this (largest side, pixels) are enlarged 2x before the flow is computed (0 = never; the
-    measurement behind it: docs/propagation.md).
+    measurement behind it: docs/propagation.md); ``variational_alpha``: the smoothness weight
+    of DIS's variational refinement (None = the preset's, 20, made for video). Adjacent CT
+    slices differ by organ outlines that move unevenly, and a smoother flow carries an organ's
+    outline more slowly than it moves: 5 is the default (docs/propagation.md, "Why the
+    defaults").
     """
 
     preset: str = "medium"
@@ -51,6 +55,7 @@ class FlowSettings:
     patch_size: int | None = None
     threads: int = 2
     upsample_below: int = 200
+    variational_alpha: float | None = 5.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -65,6 +70,8 @@ class FlowSettings:
             "patch_size": (self.patch_size is None or self.patch_size >= 4, "null or >= 4"),
             "threads": (self.threads >= 1, "an integer >= 1"),
             "upsample_below": (self.upsample_below >= 0, "a number of pixels >= 0"),
+            "variational_alpha": (self.variational_alpha is None
+                                  or self.variational_alpha >= 0, "null or a number >= 0"),
         }
         check_fields(self, "flow", checks)
 
@@ -125,6 +132,8 @@ class SliceFlow:
                 dis.setFinestScale(0)
             if s.patch_size is not None:
                 dis.setPatchSize(s.patch_size)
+            if s.variational_alpha is not None:
+                dis.setVariationalRefinementAlpha(s.variational_alpha)
             self._local.dis = dis
         return dis
 
