@@ -91,6 +91,25 @@ def test_flow_follows_a_moving_object_and_keeps_keys_exact() -> None:
     assert mean_dice(labels, pred, [0, 11]) > 0.8
 
 
+def test_the_default_flow_follows_an_outline_that_widens_from_slice_to_slice() -> None:
+    """A textured disk whose radius grows 1.5 px a slice (10 -> 26.5), drawn on slice 0: DIS's
+    preset smoothness (20) carries the outline more slowly than it moves, the default (5)
+    follows it (docs/propagation.md, "Why the defaults")."""
+    depth, size = 12, 96
+    texture = np.random.default_rng(0).normal(0, 15, (size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    disks = np.stack([(yy - 48) ** 2 + (xx - 48) ** 2 <= (10 + 1.5 * z) ** 2
+                      for z in range(depth)])
+    hu = np.where(disks, 60.0, -80.0).astype(np.float32) + texture
+    last = {}
+    for alpha in (None, 5.0):
+        config = FlowConfig(flow=FlowSettings(variational_alpha=alpha), end_rule="none")
+        pred = propagate(hu, {0: disks[0].astype(np.uint8)}, config)
+        last[alpha] = dice(disks[-1], pred[-1] == 1)
+    assert FlowSettings().variational_alpha == 5.0
+    assert last[5.0] > 0.95 and last[5.0] > last[None] + 0.05, last
+
+
 def test_repropagation_touches_only_the_segments_next_to_a_corrected_key() -> None:
     hu, labels = moving_disk_volume(depth=16)
     propagator = FlowPropagator()
@@ -416,6 +435,8 @@ def test_bad_input_errors() -> None:
         FlowConfig(end_patience=0)
     with pytest.raises(InputError, match="intensity_context"):
         FlowConfig(intensity_context=0.5)
+    with pytest.raises(InputError, match="variational_alpha"):
+        FlowSettings(variational_alpha=-1.0)
 
 
 def test_semi_automatic_pipeline_with_flow_checks_keys() -> None:
