@@ -84,14 +84,29 @@ def suggest_slices(session: PropagationSession, object_id: int | None = None, k:
                    min_separation: int = 3) -> list[int]:
     """The ``k`` slices to check next for ``object_id`` (None: any organ), best first; only
     slices with a positive score (an organ with nothing left to check gives none)."""
-    objects = [object_id] if object_id is not None else session.object_ids
-    if object_id is not None and object_id not in session.object_ids:
-        return []
-    scores = np.zeros(session.depth)
-    for obj in objects:
-        scores += organ_scores(session, obj)
     if object_id is None:
-        scores[session.any_key_slices] = 0.0
+        return suggest_every_list(session, k, min_separation)[0]
+    if object_id not in session.object_ids:
+        return []
+    return _ranked(session, organ_scores(session, object_id), k, min_separation)
+
+
+def suggest_every_list(session: PropagationSession, k: int = 8, min_separation: int = 3
+                       ) -> tuple[list[int], dict[int, list[int]]]:
+    """:func:`suggest_slices` for any organ and for each organ (object id -> its list), from
+    one computation of each organ's scores (what the page's status shows at every poll)."""
+    per_organ = {obj: organ_scores(session, obj) for obj in session.object_ids}
+    scores = np.zeros(session.depth)
+    for own in per_organ.values():
+        scores += own
+    scores[session.any_key_slices] = 0.0
+    return (_ranked(session, scores, k, min_separation),
+            {obj: _ranked(session, own, k, min_separation) for obj, own in per_organ.items()})
+
+
+def _ranked(session: PropagationSession, scores: np.ndarray, k: int, min_separation: int
+            ) -> list[int]:
+    scores = scores.copy()
     scores[~session.up_to_date] = np.nan
     return [z for z in uncertainty_ranking(scores, k=k, min_separation=min_separation)
             if scores[z] > 0]

@@ -25,7 +25,7 @@ from slicevos.errors import InputError
 from slicevos.inference.reporting.preview import organ_colours
 from slicevos.inference.reporting.report import uncertainty_list
 from slicevos.inference.session import PropagationSession
-from slicevos.inference.suggestions import suggest_slices
+from slicevos.inference.suggestions import suggest_every_list, suggest_slices
 from slicevos.io.dicom_seg import SegSource, dicom_seg_path, save_dicom_seg, seg_source_for
 from slicevos.io.labels import LabelSchema
 from slicevos.io.nifti import save_labels
@@ -383,11 +383,12 @@ class Labeler:
         session = self.session
         uncertainty = session.slice_uncertainty.copy()
         keys = self.keys
-        check = self.suggestions()
+        check, per_organ = suggest_every_list(session)
         return {
             "keys": list(keys), "whole_keys": session.key_slices, "running": self.running,
             "organ_keys": {str(o): sorted(m) for o, m in session.organ_keys.items() if m},
-            "check_next_organ": {str(o): self.suggestions(o) for o in session.object_ids}, "progress": dict(self.progress),
+            "check_next_organ": {str(o): checks for o, checks in per_organ.items()},
+            "progress": dict(self.progress),
             "up_to_date": "".join("1" if v else "0" for v in session.up_to_date.tolist()),
             "uncertainty": uncertainty_list(uncertainty), "check_next": check,
             "revisions": self.revisions.tolist(), "error": self.error,
