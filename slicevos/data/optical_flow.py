@@ -11,13 +11,15 @@ brings any per-pixel array of the key onto slice ``z``.
 
 from __future__ import annotations
 
+import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from slicevos.config import check_fields
+from slicevos.errors import InputError
 from slicevos.preprocessing.padding import upsample_factor
 
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -119,6 +121,22 @@ class SliceFlow:
         factor = upsample_factor(self.height, self.width, self.settings.upsample_below)
         return float(factor) if factor > 1 else 1.0 / self.settings.downscale
 
+    @property
+    def finest_scale(self) -> int | None:
+        """DIS's finest pyramid level (0: the size it is given; None: the preset's)."""
+        if self.settings.finest_scale is not None:
+            return self.settings.finest_scale
+        return 0 if max(self.height, self.width) * self.scale <= 256 else None
+
+    @property
+    def detail(self) -> float:
+        """The size, relative to the slice, of DIS's finest level: its flow is a bilinear
+        enlargement of the flow computed there (0.5: half the slice's size)."""
+        finest = self.finest_scale
+        if finest is None:
+            finest = cv2.DISOpticalFlow_create(PRESETS[self.settings.preset]).getFinestScale()
+        return self.scale / 2**finest
+
     def _dis(self) -> cv2.DISOpticalFlow:
         dis = getattr(self._local, "dis", None)
         if dis is None:
@@ -126,10 +144,8 @@ class SliceFlow:
             dis = cv2.DISOpticalFlow_create(PRESETS[s.preset])
             if s.variational_iterations is not None:
                 dis.setVariationalRefinementIterations(s.variational_iterations)
-            if s.finest_scale is not None:
-                dis.setFinestScale(s.finest_scale)
-            elif max(self.height, self.width) * self.scale <= 256:
-                dis.setFinestScale(0)
+            if self.finest_scale is not None:
+                dis.setFinestScale(self.finest_scale)
             if s.patch_size is not None:
                 dis.setPatchSize(s.patch_size)
             if s.variational_alpha is not None:
@@ -152,6 +168,24 @@ class SliceFlow:
             flow = cv2.resize(flow, (self.width, self.height),
                               interpolation=cv2.INTER_LINEAR) * factor
         return flow
+
+
+def node_flow_settings(settings: FlowSettings, height: int, width: int, step: int
+                       ) -> FlowSettings:
+    """Settings whose flow between block means of ``step`` x ``step`` pixels of two (H, W)
+    slices is DIS's flow at that level, the one ``SliceFlow(settings, H, W)`` computes and
+    enlarges bilinearly (the two agree exactly on a 512 x 512 CT slice): flows at the nodes of
+    maps kept every ``step`` pixels, in node units. ``step`` must be a power of two no finer
+    than the flow's own detail (:attr:`SliceFlow.detail`)."""
+    if step == 1:
+        return settings
+    flow = SliceFlow(settings, height, width)
+    level = math.log2(1 / (flow.detail * step))
+    if flow.scale > 1 or level < 0 or level != int(level):
+        raise InputError(None, f"flow map_step {step} does not fit {height}x{width} slices, "
+                         f"whose flow has detail down to 1/{1 / flow.detail:g} of a pixel's "
+                         f"size", "use map_step null (chosen from the flow) or 1")
+    return replace(settings, downscale=1, upsample_below=0, finest_scale=int(level))
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:

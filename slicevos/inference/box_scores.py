@@ -58,8 +58,8 @@ class BoxScores:
                 values = values / self.scale[channel]
             here = within(common, box)
             wins = values > (0 if channel in self.nested else best[here])
-            best[here][wins] = values[wins]
-            label[here][wins] = channel
+            np.copyto(best[here], values, where=wins)  # ~3x boolean indexing
+            np.copyto(label[here], channel, where=wins)
         return label, best
 
     @property

@@ -97,8 +97,12 @@ from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
     RegionMap,
+    SliceFlow,
+    block_mean,
     flow_image,
     identity_map,
+    node_flow_settings,
+    node_grid,
 )
 from slicevos.inference.engines.flow.shapes import (
     ObjectShape,
@@ -127,7 +131,9 @@ OUTER_REACH = max(END_MODEL_KEYS, 1 + OPINIONS)  # the outermost keys such a pas
 class FlowConfig:
     """The flow engine's options (see the module doc); ``flow`` says how flows are computed.
     ``windows``: the CT windows of the image it is given (the first one, abdomen, is what the
-    intensity model reads); ``residual_scale`` in grey levels; ``clip`` in pixels."""
+    intensity model reads); ``residual_scale`` in grey levels; ``clip`` in pixels;
+    ``map_step``: every how many pixels composed maps are kept (:func:`map_step`; None: chosen
+    from the flow's detail)."""
 
     flow: FlowSettings = field(default_factory=FlowSettings)
     windows: tuple[str, ...] = ("abdomen", "chest", "spine")
@@ -144,6 +150,7 @@ class FlowConfig:
     end_profile: str = "erode"
     outside_depth: float | None = 0.3
     flow_cache_mb: float = 0.0
+    map_step: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -162,11 +169,25 @@ class FlowConfig:
             "outside_depth": (self.outside_depth is None or self.outside_depth > 0,
                               "null or a number > 0"),
             "flow_cache_mb": (self.flow_cache_mb >= 0, "a number of MB >= 0"),
+            "map_step": (self.map_step is None or (isinstance(self.map_step, int)
+                                                   and self.map_step >= 1),
+                         "null or a number of pixels >= 1"),
         }
         check_fields(self, "flow", checks)
 
     def window_presets(self) -> tuple[Window, ...]:
         return resolve_windows(list(self.windows))
+
+
+def map_step(config: FlowConfig, height: int, width: int) -> int:
+    """Every how many pixels the flow engine keeps its composed maps on (H, W) slices:
+    ``config.map_step``, or by default 2 where DIS computes the flow at half the slice's size
+    or coarser (the flow it gives is a bilinear enlargement of that, so composing maps on
+    every 2nd pixel keeps its detail at a quarter of the cost: ``node_flow_settings``), else
+    1."""
+    if config.map_step is not None:
+        return config.map_step
+    return 2 if SliceFlow(config.flow, height, width).detail <= 0.5 else 1
 
 
 class FlowPropagator:
@@ -196,8 +217,10 @@ class FlowPropagator:
 
     def start(self, image: np.ndarray | torch.Tensor) -> PropagationSession:
         """A session on ``image``: the windowed uint8 volume (D, C, H, W)."""
-        return PropagationSession(self.check_image(image), self.engine,
-                                  self.keep_disagreement_map)
+        image = self.check_image(image)
+        height, width = image.shape[-2:]
+        node_flow_settings(self.config.flow, height, width, map_step(self.config, height, width))
+        return PropagationSession(image, self.engine, self.keep_disagreement_map)
 
     def engine(self, session: TrackView) -> FlowPasses:
         return FlowPasses(self.config, session)
@@ -217,9 +240,17 @@ class FlowPasses(PassEngine):
             session.image, settings.channel, settings.smooth_sigma))
         self.grey = (self.stack if settings.channel == 0 and settings.smooth_sigma == 0
                      else session.shared_value("grey", lambda: session.image[:, 0].numpy()))
-        self.flows = session.shared_value(("flows", settings), lambda: FlowFields(
-            self.stack, settings, cache_mb=config.flow_cache_mb))
-        self.grid = identity_map(session.height, session.width)
+        # composed maps are kept at nodes every map_step pixels (RegionMap), where flows
+        # are computed and the warp residual is measured, on the slices' block means
+        self.map_step = map_step(config, session.height, session.width)
+        self.node_stack = self.stack if self.map_step == 1 else session.shared_value(
+            ("node stack", settings.channel, settings.smooth_sigma, self.map_step),
+            lambda: np.stack([block_mean(image, self.map_step) for image in self.stack]))
+        node_settings = node_flow_settings(settings, session.height, session.width,
+                                           self.map_step)
+        self.flows = session.shared_value(("flows", node_settings), lambda: FlowFields(
+            self.node_stack, node_settings, cache_mb=config.flow_cache_mb))
+        self.grid = node_grid(session.height, session.width, self.map_step)
         self._shapes: dict[int, dict[int, ObjectShape]] = {}
         self._llr: dict[tuple[int, ...], dict[int, np.ndarray]] = {}  # model keys -> models
         # (key z, object, model keys) -> support
@@ -537,11 +568,11 @@ class FlowPasses(PassEngine):
     def _region_map(self) -> RegionMap:
         """A fresh map of the key onto itself over the track's region (``_confidence_region``),
         for a pass to compose flows into."""
-        region = self._confidence_region()
+        region, step = self._confidence_region(), self.map_step
         if self._local_grid is None:
-            self._local_grid = identity_map(region[0].stop - region[0].start,
-                                            region[1].stop - region[1].start)
-        return RegionMap(self.grid, region, self._local_grid)
+            self._local_grid = identity_map(*(-(-(part.stop - part.start) // step)
+                                              for part in region))
+        return RegionMap(self.grid, region, self._local_grid, step)
 
     def _warp(self, shape: ObjectShape, mapping: RegionMap,
               part_scales: np.ndarray | None = None) -> tuple[Box, np.ndarray]:
@@ -555,8 +586,7 @@ class FlowPasses(PassEngine):
         reach = int(np.ceil(mapping.shift((rows, cols)))) + 3
         region = mapping.clamp((slice(rows.start - reach, rows.stop + reach),
                                 slice(cols.start - reach, cols.stop + reach)))
-        # cv2: ~10x numpy's broadcast over the (x, y) axis
-        local = cv2.subtract(mapping[region], (float(shape.left), float(shape.top), 0.0, 0.0))
+        local = mapping.relative(region, (shape.left, shape.top))
         scale = None
         if part_scales is not None:
             local, scale = scaled_lookup(shape, local, part_scales)
@@ -596,16 +626,19 @@ class FlowPasses(PassEngine):
     def _confidence_over(self, key: int, z: int, mapping: RegionMap, box: Box) -> np.ndarray:
         """Float32 in (0, 1] over ``box``: as if measured over the whole map's box (the
         residual is read around it as far as its blur reaches)."""
-        cfg = self.config
+        cfg, step = self.config, self.map_step
         reach = int(np.ceil(4 * cfg.residual_sigma)) + 1 if cfg.residual_sigma > 0 else 0
         grown = mapping.clamp((slice(box[0].start - reach, box[0].stop + reach),
                                slice(box[1].start - reach, box[1].stop + reach)))
-        warped = cv2.remap(self.stack[key], mapping[grown], None, cv2.INTER_LINEAR,
+        # at the map's nodes (the slice's image there: its blocks' means), then at every pixel
+        nodes = mapping.cover(grown)
+        warped = cv2.remap(self.stack[key], mapping.at_nodes(nodes), None, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
-        residual = cv2.absdiff(warped, self.stack[z][grown]).astype(np.float32)
+        residual = cv2.absdiff(warped, self.node_stack[z][nodes]).astype(np.float32)
         if cfg.residual_sigma > 0:
-            residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma)
-        return cv2.exp(residual[within(box, grown)] * np.float32(-1.0 / cfg.residual_scale))
+            residual = cv2.GaussianBlur(residual, (0, 0), cfg.residual_sigma / step)
+        confidence = cv2.exp(residual * np.float32(-1.0 / cfg.residual_scale))
+        return mapping.to_pixels(confidence, nodes, box)
 
     def _confidence_region(self, margin: int = 64) -> tuple[slice, slice]:
         """The bounding box of every object on every key of this track, grown by ``margin``
@@ -624,6 +657,11 @@ class FlowPasses(PassEngine):
                 right = max(b[1] + b[2][1] for b in boxes)
                 self._region = (slice(max(0, top - margin), min(height, bottom + margin)),
                                 slice(max(0, left - margin), min(width, right + margin)))
+            step = self.map_step  # whole blocks of the maps' nodes
+            self._region = tuple(slice(part.start // step * step,
+                                       min(size, -(-part.stop // step) * step))
+                                 for part, size in zip(self._region, (height, width),
+                                                       strict=True))
         return self._region
 
 

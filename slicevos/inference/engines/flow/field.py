@@ -11,6 +11,14 @@ A pass keeps its composed map only over the track's region of the slice (:class:
 composing a 512 x 512 map costs about 2.5 ms a slice, and one organ's region is a fraction of
 that. Its edges are replicated, as the slice's are.
 
+Where DIS's finest level is half the slice's size or coarser (512 x 512 CT with the default
+preset), the flow it gives is a bilinear enlargement of the flow there, so maps are kept at
+nodes every 2nd pixel (the centres of 2 x 2 blocks), the flows are computed there directly
+(on the slices' block means; ``node_flow_settings``: the same values), and a map is spread
+over the pixels (bilinear) only where a pass reads it: a quarter of the composing, and a
+quarter of the flows' memory. A correction on ``lidc_chest_abdomen133`` re-propagated in
+0.29 -> 0.21 s (docs/propagation.md, "Maps at nodes").
+
 Flows are not kept by default: each is used once per pass, so memory stays at a window of
 pending flows (2 x 4 bytes per pixel each). An interactive session, which re-propagates the same
 segments after each correction, keeps up to ``cache_mb`` of them (int16 fixed point, 4 bytes
@@ -40,6 +48,7 @@ from slicevos.data.optical_flow import (  # noqa: F401  (re-exported)
     SliceFlow,
     compose,
     identity_map,
+    node_flow_settings,
     to_fixed,
 )
 
@@ -204,18 +213,27 @@ class FlowFields:
 
 class RegionMap:
     """A map of a slice onto the key (absolute key coordinates (x, y), as :func:`compose`
-    makes) kept only over ``box`` (rows, cols) of the slice; indexed with absolute boxes
-    inside it (steps allowed). :meth:`step` composes one more flow."""
+    makes) kept only over ``box`` (rows, cols) of the slice, at its nodes: one every
+    ``step`` pixels, node ``i`` at pixel ``step * i + (step - 1) / 2``, the centre of its
+    block (:func:`node_grid`). ``box`` starts on a block's edge and stops on one or at the
+    slice's end. Indexed with absolute pixel boxes inside it, it gives the map at every pixel
+    (bilinear between the nodes; steps allowed with ``step`` 1). :meth:`step` composes one
+    more flow, given at the nodes (:class:`FlowFields` with the same ``step``)."""
 
-    def __init__(self, grid: np.ndarray, box: tuple[slice, slice], local_grid: np.ndarray
-                 ) -> None:
-        self.box, self.grid = box, grid
-        self.values = np.ascontiguousarray(grid[box])
-        self.local_grid = local_grid  # identity_map of the box's size
+    def __init__(self, grid: np.ndarray, box: tuple[slice, slice], local_grid: np.ndarray,
+                 step: int = 1) -> None:
+        """``grid``: :func:`node_grid` of the slice; ``local_grid``: :func:`identity_map` of
+        the box's nodes."""
+        self.box, self.grid, self.node_step = box, grid, step
+        self.nodes = (slice(box[0].start // step, -(-box[0].stop // step)),
+                      slice(box[1].start // step, -(-box[1].stop // step)))
+        self.values = np.ascontiguousarray(grid[self.nodes])
+        self.local_grid = local_grid
 
     def step(self, flow: np.ndarray) -> None:
-        """Compose the flow (H, W, 2) from the next slice to the one this map is of."""
-        self.values = compose(self.values, flow[self.box], self.local_grid)
+        """Compose the flow (nodes of the slice, 2) from the next slice to the one this map
+        is of."""
+        self.values = compose(self.values, flow[self.nodes], self.local_grid)
 
     def frozen(self) -> RegionMap:
         """This map as it is now: later steps leave it alone (they replace the values, never
@@ -228,14 +246,84 @@ class RegionMap:
         return (slice(max(box[0].start, rows.start), min(box[0].stop, rows.stop)),
                 slice(max(box[1].start, cols.start), min(box[1].stop, cols.stop)))
 
+    def cover(self, box: tuple[slice, slice]) -> tuple[slice, slice]:
+        """The nodes (absolute node indices) whose values interpolate the map over the pixel
+        ``box`` (inside the map's box)."""
+        step = self.node_step
+        if step == 1:
+            return box
+        return tuple(slice(max(nodes.start, int(np.floor((pixels.start - (step - 1) / 2)
+                                                         / step))),
+                           min(nodes.stop, int(np.floor((pixels.stop - 1 - (step - 1) / 2)
+                                                        / step)) + 2))
+                     for pixels, nodes in zip(box, self.nodes, strict=True))
+
+    def at_nodes(self, nodes: tuple[slice, slice]) -> np.ndarray:
+        """The map's values at ``nodes`` (absolute node indices inside the map's)."""
+        top, left = self.nodes[0].start, self.nodes[1].start
+        return self.values[nodes[0].start - top:nodes[0].stop - top,
+                           nodes[1].start - left:nodes[1].stop - left]
+
+    def to_pixels(self, values: np.ndarray, nodes: tuple[slice, slice],
+                  box: tuple[slice, slice]) -> np.ndarray:
+        """``values`` (..., C) given at ``nodes`` (:meth:`cover` of ``box``), at every pixel of
+        ``box``: bilinear between the nodes (``cv2.resize`` by ``step`` puts the nodes at the
+        centres of their blocks, as :func:`node_grid` does)."""
+        step = self.node_step
+        if step > 1:
+            values = cv2.resize(values, None, fx=step, fy=step, interpolation=cv2.INTER_LINEAR)
+        top, left = nodes[0].start * step, nodes[1].start * step
+        return values[box[0].start - top:box[0].stop - top,
+                      box[1].start - left:box[1].stop - left]
+
     def shift(self, box: tuple[slice, slice]) -> float:
         """The largest displacement (pixels) of the map over ``box`` (inside the map's box),
         read every 4th pixel (displacements are smooth)."""
-        sample = (slice(box[0].start, box[0].stop, 4), slice(box[1].start, box[1].stop, 4))
-        return float(np.abs(self[sample] - self.grid[sample]).max())
+        stride = max(1, 4 // self.node_step)
+        nodes = self.cover(box)
+        sample = (slice(nodes[0].start, nodes[0].stop, stride),
+                  slice(nodes[1].start, nodes[1].stop, stride))
+        top, left = self.nodes[0].start, self.nodes[1].start
+        values = self.values[slice(sample[0].start - top, sample[0].stop - top, stride),
+                             slice(sample[1].start - left, sample[1].stop - left, stride)]
+        return float(np.abs(values - self.grid[sample]).max())
 
     def __getitem__(self, box: tuple[slice, slice]) -> np.ndarray:
         rows, cols = box
-        top, left = self.box[0].start, self.box[1].start
-        return self.values[slice(rows.start - top, rows.stop - top, rows.step),
-                           slice(cols.start - left, cols.stop - left, cols.step)]
+        if self.node_step == 1:  # the values themselves (steps allowed)
+            top, left = self.box[0].start, self.box[1].start
+            return self.values[slice(rows.start - top, rows.stop - top, rows.step),
+                               slice(cols.start - left, cols.stop - left, cols.step)]
+        nodes = self.cover(box)
+        return self.to_pixels(self.at_nodes(nodes), nodes, box)
+
+    def relative(self, box: tuple[slice, slice], origin: tuple[float, float]) -> np.ndarray:
+        """The map over the pixel ``box`` as positions relative to ``origin`` (x, y) of the
+        key (subtracted at the nodes, before they are spread over the pixels)."""
+        # cv2: ~10x numpy's broadcast over the (x, y) axis
+        offset = (float(origin[0]), float(origin[1]), 0.0, 0.0)
+        if self.node_step == 1:
+            return cv2.subtract(self[box], offset)
+        nodes = self.cover(box)
+        return self.to_pixels(cv2.subtract(self.at_nodes(nodes), offset), nodes, box)
+
+
+def node_grid(height: int, width: int, step: int) -> np.ndarray:
+    """(ceil(H / step), ceil(W / step), 2) float32: the (x, y) pixel position of each node
+    of a map kept every ``step`` pixels, the centre of its block (``identity_map`` for 1)."""
+    nodes = identity_map(-(-height // step), -(-width // step))
+    return nodes if step == 1 else nodes * np.float32(step) + np.float32((step - 1) / 2)
+
+
+def block_mean(array: np.ndarray, step: int) -> np.ndarray:
+    """(H, W[, C]) -> (ceil(H / step), ceil(W / step)[, C]): the mean of each ``step`` x
+    ``step`` block (the slice's last ones padded with its edge), the value at each node of
+    :func:`node_grid`."""
+    if step == 1:
+        return array
+    height, width = array.shape[:2]
+    if height % step or width % step:
+        array = cv2.copyMakeBorder(array, 0, -height % step, 0, -width % step,
+                                   cv2.BORDER_REPLICATE)
+    return cv2.resize(array, (array.shape[1] // step, array.shape[0] // step),
+                      interpolation=cv2.INTER_AREA)
