@@ -35,7 +35,8 @@ from slicevos.labeler.render import DISPLAY_WINDOWS, VIEWS
 from slicevos.labeler.sidecar import Sidecar
 
 UNDO_DEPTH = 200
-FLOW_CACHE_MB = 1024  # flows kept for re-propagation: 512x512x150 needs ~300 MB
+FLOW_CACHE_MB = 1024  # flows kept for re-propagation: 512x512x150 needs ~75 MB (at the maps'
+# nodes, every 2nd pixel; ~300 MB where the flow is kept at every pixel)
 
 
 @dataclass
