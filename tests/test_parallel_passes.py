@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from slicevos.inference.engines.flow import engine as flow_engine
 from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
 from slicevos.inference.engines.flow.field import FlowFields, FlowSettings
 from slicevos.phantom import PhantomConfig, make_phantom
@@ -56,8 +57,13 @@ def corrections(phantom, session) -> list[tuple[np.ndarray, np.ndarray, int]]:
     return steps
 
 
-@pytest.mark.parametrize("cache_mb", [0.0, 64.0])
-def test_passes_on_threads_give_what_one_thread_gives(phantom, cache_mb: float) -> None:
+@pytest.mark.parametrize("cache_mb, opinion_thread", [(0.0, False), (64.0, False),
+                                                     (64.0, True)])
+def test_passes_on_threads_give_what_one_thread_gives(phantom, monkeypatch, cache_mb: float,
+                                                       opinion_thread: bool) -> None:
+    """The second opinions beside their pass, or on a thread of their own (where a core is
+    left for them), give the same too."""
+    monkeypatch.setattr(flow_engine, "opinion_thread", lambda threads: opinion_thread)
     one = corrections(phantom, session_on(phantom, 1, cache_mb))
     two = corrections(phantom, session_on(phantom, 2, cache_mb))
     assert one[0][0].any()
