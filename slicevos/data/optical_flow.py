@@ -182,9 +182,11 @@ def node_flow_settings(settings: FlowSettings, height: int, width: int, step: in
     flow = SliceFlow(settings, height, width)
     level = math.log2(1 / (flow.detail * step))
     if flow.scale > 1 or level < 0 or level != int(level):
+        largest = max(1, 2 ** int(math.log2(1 / flow.detail))) if flow.scale <= 1 else 1
         raise InputError(None, f"flow map_step {step} does not fit {height}x{width} slices, "
-                         f"whose flow has detail down to 1/{1 / flow.detail:g} of a pixel's "
-                         f"size", "use map_step null (chosen from the flow) or 1")
+                         f"whose flow is computed at {flow.detail:g} times their size "
+                         f"(map_step: a power of two up to {largest})",
+                         "use map_step null (chosen from the flow) or 1")
     return replace(settings, downscale=1, upsample_below=0, finest_scale=int(level))
 
 

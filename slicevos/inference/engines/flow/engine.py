@@ -230,6 +230,7 @@ class FlowPropagator:
         """A session on ``image``: the windowed uint8 volume (D, C, H, W)."""
         image = self.check_image(image)
         height, width = image.shape[-2:]
+        # a map_step the flow does not allow fails here, before any key is drawn
         node_flow_settings(self.config.flow, height, width, map_step(self.config, height, width))
         return PropagationSession(image, self.engine, self.keep_disagreement_map)
 

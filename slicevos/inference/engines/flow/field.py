@@ -17,7 +17,7 @@ nodes every 2nd pixel (the centres of 2 x 2 blocks), the flows are computed ther
 (on the slices' block means; ``node_flow_settings``: the same values), and a map is spread
 over the pixels (bilinear) only where a pass reads it: a quarter of the composing, and a
 quarter of the flows' memory. A correction on ``lidc_chest_abdomen133`` re-propagated in
-0.29 -> 0.21 s (docs/propagation.md, "Maps at nodes").
+0.29 -> 0.21 s (docs/labeling.md, "Maps on DIS's grid").
 
 Flows are not kept by default: each is used once per pass, so memory stays at a window of
 pending flows (2 x 4 bytes per pixel each). An interactive session, which re-propagates the same
@@ -218,7 +218,8 @@ class RegionMap:
     block (:func:`node_grid`). ``box`` starts on a block's edge and stops on one or at the
     slice's end. Indexed with absolute pixel boxes inside it, it gives the map at every pixel
     (bilinear between the nodes; steps allowed with ``step`` 1). :meth:`step` composes one
-    more flow, given at the nodes (:class:`FlowFields` with the same ``step``)."""
+    more flow, given at the nodes (a :class:`FlowFields` of the slices' block means,
+    :func:`block_mean`, with ``node_flow_settings``)."""
 
     def __init__(self, grid: np.ndarray, box: tuple[slice, slice], local_grid: np.ndarray,
                  step: int = 1) -> None:
