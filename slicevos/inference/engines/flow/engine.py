@@ -65,9 +65,11 @@ to the volume's end:
   positive falls below ``end_support`` times that fraction on its own key for
   ``end_patience`` slices in a row (it ends on the first of them; with more than 1 a
   shorter dip, the flow drifting off a tube for a slice or two, does not end it, but an
-  organ whose end flickers runs on: docs/labeling.md, measured), and no later than where
-  the same rule, walking from the ``OPINIONS`` next keys inward, ends it (the second
-  opinions);
+  organ whose end flickers runs on: docs/labeling.md, measured). Beyond where the same
+  rule, walking from the ``OPINIONS`` next keys inward, ends it (the second opinions), it
+  ends on the first slice where that fraction is below ``opinion_support`` times
+  ``end_support``: a weaker drop suffices there, but the walk alone, whose shape was
+  composed over more slices and may have drifted off the organ, does not end it;
 - ``none``: plain warping.
 
 What a pass reads, so that a correction redoes only what a fresh session with the same keys
@@ -154,6 +156,7 @@ class FlowConfig:
     outside_depth: float | None = 0.3
     flow_cache_mb: float = 0.0
     map_step: int | None = None
+    opinion_support: float = 2.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -172,6 +175,7 @@ class FlowConfig:
             "outside_depth": (self.outside_depth is None or self.outside_depth > 0,
                               "null or a number > 0"),
             "flow_cache_mb": (self.flow_cache_mb >= 0, "a number of MB >= 0"),
+            "opinion_support": (self.opinion_support >= 1, "a number >= 1"),
             "map_step": (self.map_step is None or (isinstance(self.map_step, int)
                                                    and self.map_step >= 1),
                          "null or a number of pixels >= 1"),
@@ -396,7 +400,7 @@ class FlowPasses(PassEngine):
                 fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
                                **self._argmax_rule(channel, segment))
-            looks = {}  # object -> its warp onto z, and whether the end rule finds it low
+            looks = {}  # object -> its warp onto z and its end-rule support ratio (inf: not judged)
             for object_id, shape in shapes.items():
                 if object_id not in ended:
                     fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
@@ -404,12 +408,14 @@ class FlowPasses(PassEngine):
                     region, warped = self._warp(shape, mapping, fade)
                     judged = ((walk is not None and object_id not in walk.watch.ends)
                               or (other is None and cfg.end_rule != "none"))
-                    looks[object_id] = region, warped, judged and self._ends(
-                        start, object_id, shape, z, region, warped, model)
+                    looks[object_id] = region, warped, (self._support_ratio(
+                        start, object_id, shape, z, region, warped, model) if judged else np.inf)
             caps = second.result() if second is not None else caps
-            for object_id, (region, warped, low) in looks.items():
+            for object_id, (region, warped, ratio) in looks.items():
                 shape = shapes[object_id]
-                if object_id in caps and (z - caps[object_id]) * step >= 0:
+                low = ratio < cfg.end_support
+                if (object_id in caps and (z - caps[object_id]) * step >= 0
+                        and ratio < cfg.end_support * cfg.opinion_support):
                     ended.add(object_id)
                     continue
                 if walk is not None and object_id not in walk.watch.ends:
@@ -491,21 +497,26 @@ class FlowPasses(PassEngine):
             scale = (1.0 - t / tau) / (1.0 - t)
         return np.where(fading, scale, 1).astype(np.float32)
 
-    def _ends(self, key: int, object_id: int, shape: ObjectShape, z: int,
-              region: tuple[slice, slice], warped: np.ndarray, model: tuple[int, ...]) -> bool:
-        """The intensity end rule: the object, warped from ``key`` onto ``z``, has ended
-        (``model``: the keys of the intensity model, :meth:`_end_model`)."""
-        return self._support(object_id, z, region, warped, shape.radius, model) < (
-            self.config.end_support * self._key_support(key, object_id, shape, model))
+    def _support_ratio(self, key: int, object_id: int, shape: ObjectShape, z: int,
+                       region: tuple[slice, slice], warped: np.ndarray,
+                       model: tuple[int, ...]) -> float:
+        """The intensity end rule's measure: the support of the object, warped from ``key``
+        onto ``z``, over its support on ``key`` (``model``: the keys of the intensity model,
+        :meth:`_end_model`); it has ended where this is below ``end_support``."""
+        key_support = self._key_support(key, object_id, shape, model)
+        here = self._support(object_id, z, region, warped, shape.radius, model)
+        return here / key_support if key_support > 0 else float("inf")  # never low
 
     def _second_opinion(self, start: int, step: int
                         ) -> Generator[dict[int, int], np.ndarray | None, None]:
         """Where the objects end seen from the ``OPINIONS`` keys before ``start`` (the
         nearest inward), for the objects whose end from there lies beyond ``start``: object
-        -> the nearest such slice. A pass beyond the outermost key ends each object no later
-        than this, so a key near an organ's end that looks like what follows (the IVC
-        entering the right atrium; a gallbladder's last slices, two keys there) cannot carry
-        the organ further than the keys before it saw it go.
+        -> the nearest such slice. From there on a pass beyond the outermost key ends an
+        object where its own support merely falls (``opinion_support``), so a key near an
+        organ's end that looks like what follows (the IVC entering the right atrium; a
+        gallbladder's last slices, two keys there) carries the organ little further than the
+        keys before it saw it go, while an organ that the walk lost but the pass still
+        follows well (a liver whose shape changed between its keys) goes on.
 
         A generator, walking in step with the pass so that it goes no further than the
         pass does: primed with ``next`` (walks up to ``start``), then sent the pass's flow
@@ -559,8 +570,9 @@ class FlowPasses(PassEngine):
         mapping.step(flow)
         for object_id, shape in shapes.items():
             if object_id not in watch.ends:
-                watch.update(object_id, z, self._ends(key, object_id, shape, z,
-                                                      *self._warp(shape, mapping), model))
+                watch.update(object_id, z, self._support_ratio(
+                    key, object_id, shape, z, *self._warp(shape, mapping), model)
+                    < self.config.end_support)
 
     def _argmax_rule(self, channel: dict[int, int], keys: tuple[int, ...]) -> dict[str, Any]:
         """:class:`BoxScores` ``scale``: (O + 1,) each object's size for the argmax, its
