@@ -109,28 +109,38 @@ def _run_passes(passes: list[tuple[int, int, Track, tuple]], threads: int
 
 
 class SendInline:
-    """A generator driven with ``send`` (primed with ``next`` first, its value dropped):
-    :meth:`send` gives it the next value, :meth:`result` what that gave. The one-thread
-    form of :class:`SendAhead`."""
+    """A generator driven with ``send``, lazily: it runs only when :meth:`result` asks, and
+    is then primed (``next``, its value dropped, the first time) and given every value sent
+    since, in order; :meth:`result` is what the last of them gave. What it computes is what
+    it would have computed value by value; what is never asked for is never computed. The
+    one-thread form of :class:`SendAhead`."""
 
     def __init__(self, generator: Generator[Any, Any, None]) -> None:
         self._generator = generator
-        next(generator)
+        self._primed = False
+        self._waiting: list[Any] = []
         self._last: Any = None
 
     def send(self, value: Any) -> None:
-        self._last = self._generator.send(value)
+        self._waiting.append(value)
 
     def result(self) -> Any:
+        if not self._primed:
+            next(self._generator)
+            self._primed = True
+        for value in self._waiting:
+            self._last = self._generator.send(value)
+        self._waiting.clear()
         return self._last
 
     def close(self) -> None:
+        self._waiting.clear()
         self._generator.close()
 
 
 class SendAhead(SendInline):
-    """:class:`SendInline` on a thread of its own: priming and each :meth:`send` run there
-    while the caller goes on; :meth:`result` waits for the oldest send's value (in order) and
+    """:class:`SendInline` on a thread of its own, eagerly: priming and each :meth:`send` run
+    there while the caller goes on; :meth:`result` waits for the value of the last send and
     raises what the generator raised. :meth:`close` stops the thread (the generator is
     closed there)."""
 
@@ -139,6 +149,8 @@ class SendAhead(SendInline):
     def __init__(self, generator: Generator[Any, Any, None], name: str) -> None:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sent = self._received = 0
+        self._last: Any = None
         self._thread = threading.Thread(target=self._run, args=(generator,), name=name,
                                         daemon=True)
         self._thread.start()
@@ -155,12 +167,16 @@ class SendAhead(SendInline):
 
     def send(self, value: Any) -> None:
         self._inbox.put(value)
+        self._sent += 1
 
     def result(self) -> Any:
-        ok, value = self._outbox.get()
-        if not ok:
-            raise value
-        return value
+        while self._received < self._sent:
+            ok, value = self._outbox.get()
+            self._received += 1
+            if not ok:
+                raise value
+            self._last = value
+        return self._last
 
     def close(self) -> None:
         self._inbox.put(self._stop)

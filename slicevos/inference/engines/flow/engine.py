@@ -410,7 +410,11 @@ class FlowPasses(PassEngine):
                               or (other is None and cfg.end_rule != "none"))
                     looks[object_id] = region, warped, (self._support_ratio(
                         start, object_id, shape, z, region, warped, model) if judged else np.inf)
-            caps = second.result() if second is not None else caps
+            if second is not None and any(
+                    ratio < cfg.end_support * cfg.opinion_support for _, _, ratio in looks.values()):
+                # the opinions can end an object only where its own support is this low: else
+                # they are not asked (walked then, as far as the pass has come, if ever)
+                caps = second.result()
             for object_id, (region, warped, ratio) in looks.items():
                 shape = shapes[object_id]
                 low = ratio < cfg.end_support
