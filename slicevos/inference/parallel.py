@@ -181,3 +181,4 @@ class SendAhead(SendInline):
     def close(self) -> None:
         self._inbox.put(self._stop)
         self._thread.join()
+        self.result()  # raise what the generator raised that no result reported

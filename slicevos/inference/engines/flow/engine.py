@@ -365,6 +365,7 @@ class FlowPasses(PassEngine):
                   second: SendInline | None) -> Iterator[tuple[int, PassOutput]]:
         cfg = self.config
         caps: dict[int, int] = {}
+        capped_below = cfg.end_support * cfg.opinion_support  # the support a cap needs
         model = self._end_model(start if other is None else other, step)
         segment = (start,) if other is None else tuple(sorted((start, other)))
         self.flows.prefetch((z, z - step) for z in order)
@@ -410,8 +411,7 @@ class FlowPasses(PassEngine):
                               or (other is None and cfg.end_rule != "none"))
                     looks[object_id] = region, warped, (self._support_ratio(
                         start, object_id, shape, z, region, warped, model) if judged else np.inf)
-            if second is not None and any(
-                    ratio < cfg.end_support * cfg.opinion_support for _, _, ratio in looks.values()):
+            if second is not None and any(r < capped_below for _, _, r in looks.values()):
                 # the opinions can end an object only where its own support is this low: else
                 # they are not asked (walked then, as far as the pass has come, if ever)
                 caps = second.result()
@@ -419,7 +419,7 @@ class FlowPasses(PassEngine):
                 shape = shapes[object_id]
                 low = ratio < cfg.end_support
                 if (object_id in caps and (z - caps[object_id]) * step >= 0
-                        and ratio < cfg.end_support * cfg.opinion_support):
+                        and ratio < capped_below):
                     ended.add(object_id)
                     continue
                 if walk is not None and object_id not in walk.watch.ends:
