@@ -55,9 +55,11 @@ these values: docs/propagation.md.
 Organ ends (``end_rule``) beyond the outermost key, where flow alone would carry an organ on
 to the volume's end:
 
-- ``intensity`` (default): each object's grey-value model from the ``END_MODEL_KEYS``
-  outermost keys on that side (``shapes.intensity_models``: its histogram
-  against a ring around it; with ``intensity_context`` a grey value never seen in the
+- ``intensity`` (default): each object's grey-value model from the keys nearest that
+  end, from the outermost inward until they hold ``end_model_pixels`` of its pixels, at
+  most ``END_MODEL_KEYS`` (``shapes.end_models``: its histogram against a ring around it;
+  a large organ's model is its grey values at that end, a key farther in leaves it alone;
+  with ``intensity_context`` a grey value never seen in the
   object, bone or a contrast-filled vessel, counts against it as often as the rest of those
   key slices show it, rather than as no evidence); in a pass beyond the outermost key an
   object ends for good where the fraction of its warped prediction whose log-likelihood
@@ -111,7 +113,7 @@ from slicevos.inference.engines.flow.field import (
 )
 from slicevos.inference.engines.flow.shapes import (
     ObjectShape,
-    intensity_models,
+    end_models,
     key_shapes,
     scaled_lookup,
     unmatched_parts,
@@ -157,6 +159,7 @@ class FlowConfig:
     flow_cache_mb: float = 0.0
     map_step: int | None = None
     opinion_support: float = 2.0
+    end_model_pixels: int = 256
 
     def __post_init__(self) -> None:
         checks = {
@@ -176,6 +179,8 @@ class FlowConfig:
                               "null or a number > 0"),
             "flow_cache_mb": (self.flow_cache_mb >= 0, "a number of MB >= 0"),
             "opinion_support": (self.opinion_support >= 1, "a number >= 1"),
+            "end_model_pixels": (isinstance(self.end_model_pixels, int)
+                                 and self.end_model_pixels >= 0, "a number of pixels >= 0"),
             "map_step": (self.map_step is None or (isinstance(self.map_step, int)
                                                    and self.map_step >= 1),
                          "null or a number of pixels >= 1"),
@@ -321,17 +326,20 @@ class FlowPasses(PassEngine):
         return value
 
     def intensity(self, keys: tuple[int, ...]) -> dict[int, np.ndarray]:
-        """Object -> llr (256,) from the key slices ``keys`` (``shapes.intensity_models``)."""
-        return self._cached(self._llr, keys, lambda: intensity_models(
-            ((self.grey[z], self.session.key_masks[z]) for z in keys),
-            context=self.config.intensity_context))
+        """Object -> llr (256,) from the key slices ``keys``, ordered from the end inward
+        (``shapes.end_models``: each object's from the first of them that hold
+        ``end_model_pixels`` of its pixels)."""
+        return self._cached(self._llr, keys, lambda: end_models(
+            [(self.grey[z], self.session.key_masks[z]) for z in keys],
+            self.config.end_model_pixels, context=self.config.intensity_context))
 
     def _end_model(self, key: int, step: int) -> tuple[int, ...]:
         """The keys whose intensity models end objects in a pass beyond the outermost key
         ``key`` (going ``step``): the ``END_MODEL_KEYS`` nearest the end, that key first
         (an organ's grey values near its end, not those of its middle; and all that a key
-        change far from the end leaves alone)."""
-        return tuple(sorted((key, *self._inward(key, step)[:END_MODEL_KEYS - 1])))
+        change far from the end leaves alone); of these, each object's model reads the
+        first that hold ``end_model_pixels`` of its pixels (:meth:`intensity`)."""
+        return (key, *self._inward(key, step)[:END_MODEL_KEYS - 1])
 
     def _inward(self, key: int, step: int) -> list[int]:
         """The keys before ``key`` for a pass going ``step`` from it, nearest first."""

@@ -18,7 +18,7 @@ histogram of a ring around it (``ring`` pixels wide), smoothed; ``llr[v] = log p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -178,21 +178,25 @@ def key_shapes(labels: np.ndarray, clip: float,
 
 
 def intensity_models(keys: Iterable[tuple[np.ndarray, np.ndarray]], ring: int = 7,
-                     smooth: float = 4.0, floor: float = 1e-3, context: bool = True
-                     ) -> dict[int, np.ndarray]:
+                     smooth: float = 4.0, floor: float = 1e-3, context: bool = True,
+                     objects: Iterable[int] | None = None) -> dict[int, np.ndarray]:
     """Object id -> llr (256,) float32 from ``(grey (H, W) uint8, labels (H, W))`` key pairs:
     the object's grey values against those around it, a ``ring`` px band. With
     ``context``, a grey value the object never shows on its keys also counts against it as
     often as the rest of its key slices show it (what the flow may carry it into beyond
     its neighbours: bone, contrast-filled vessels); without, a value seen neither in the
-    object nor in its ring scores 0, no evidence either way."""
+    object nor in its ring scores 0, no evidence either way. ``objects``: only these (None:
+    every object on the keys)."""
     inside: dict[int, np.ndarray] = {}
     around: dict[int, np.ndarray] = {}
     rest: dict[int, np.ndarray] = {}
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1, 2 * ring + 1))
+    wanted = None if objects is None else set(objects)
     for grey, labels in keys:
         every = np.bincount(grey.ravel(), minlength=256)
         for object_id in label_values(labels):
+            if wanted is not None and object_id not in wanted:
+                continue
             mask = (labels == object_id).astype(np.uint8)
             band = cv2.dilate(mask, kernel).astype(bool) & ~mask.astype(bool)
             own = np.bincount(grey[mask.astype(bool)], minlength=256)
@@ -202,6 +206,27 @@ def intensity_models(keys: Iterable[tuple[np.ndarray, np.ndarray]], ring: int = 
             rest.setdefault(int(object_id), np.zeros(256)).__iadd__(every - own)
     return {o: _log_ratio(inside[o], around[o], smooth, floor, rest[o], context)
             for o in inside}
+
+
+def end_models(keys: Sequence[tuple[np.ndarray, np.ndarray]], min_pixels: int,
+               context: bool = True) -> dict[int, np.ndarray]:
+    """:func:`intensity_models` of the end rule, from ``(grey, labels)`` key pairs ordered from
+    an end of the volume inward: each object's from the first keys that hold at least
+    ``min_pixels`` of its pixels (all of them if they never do). A large organ's model is its
+    grey values at that end, where the rule acts; a small one pools enough pixels for a
+    histogram of 256 grey values."""
+    counts = [np.bincount(labels.ravel(), minlength=256) for _, labels in keys]
+    cumulative = np.cumsum(counts, axis=0)
+    objects = [int(o) for o in np.flatnonzero(cumulative[-1]) if o] if keys else []
+    by_depth: dict[int, list[int]] = {}
+    for object_id in objects:
+        enough = np.flatnonzero(cumulative[:, object_id] >= min_pixels)
+        depth = int(enough[0]) + 1 if len(enough) else len(keys)
+        by_depth.setdefault(depth, []).append(object_id)
+    models: dict[int, np.ndarray] = {}
+    for depth, group in by_depth.items():
+        models.update(intensity_models(keys[:depth], context=context, objects=group))
+    return models
 
 
 def _log_ratio(inside: np.ndarray, around: np.ndarray, smooth: float, floor: float,
