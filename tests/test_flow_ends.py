@@ -74,6 +74,9 @@ def test_each_object_reads_the_first_keys_that_hold_enough_of_its_pixels() -> No
     assert np.array_equal(models[2], intensity_models(pairs)[2])
     assert np.array_equal(models[3], intensity_models(pairs)[3])
     assert set(models) == {1, 2, 3}
+    nearest = end_models(pairs, min_pixels=0)  # the first key that holds the object
+    assert np.array_equal(nearest[2], intensity_models(pairs[:1])[2])
+    assert np.array_equal(nearest[3], intensity_models(pairs)[3])
 
 
 def ivc_dice(keys: tuple[int, ...], **overrides: int) -> float:

@@ -212,15 +212,15 @@ def end_models(keys: Sequence[tuple[np.ndarray, np.ndarray]], min_pixels: int,
                context: bool = True) -> dict[int, np.ndarray]:
     """:func:`intensity_models` of the end rule, from ``(grey, labels)`` key pairs ordered from
     an end of the volume inward: each object's from the first keys that hold at least
-    ``min_pixels`` of its pixels (all of them if they never do). A large organ's model is its
-    grey values at that end, where the rule acts; a small one pools enough pixels for a
-    histogram of 256 grey values."""
+    ``min_pixels`` (at least 1) of its pixels (all of them if they never do). A large organ's
+    model is its grey values at that end, where the rule acts; a small one pools enough
+    pixels for a histogram of 256 grey values."""
     counts = [np.bincount(labels.ravel(), minlength=256) for _, labels in keys]
     cumulative = np.cumsum(counts, axis=0)
     objects = [int(o) for o in np.flatnonzero(cumulative[-1]) if o] if keys else []
     by_depth: dict[int, list[int]] = {}
     for object_id in objects:
-        enough = np.flatnonzero(cumulative[:, object_id] >= min_pixels)
+        enough = np.flatnonzero(cumulative[:, object_id] >= max(min_pixels, 1))
         depth = int(enough[0]) + 1 if len(enough) else len(keys)
         by_depth.setdefault(depth, []).append(object_id)
     models: dict[int, np.ndarray] = {}
