@@ -7,6 +7,8 @@ it worse")."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -21,16 +23,29 @@ from tests.conftest import real_case
 LIVER, IVC = 1, 6
 
 
-def liver_from_three_keys(**overrides: float) -> tuple[np.ndarray, np.ndarray]:
-    """lidc's liver (true slices 6-64) drawn on slices 20, 35 and 50: (truth, labels) of it."""
+@functools.lru_cache(maxsize=1)
+def lidc() -> tuple[np.ndarray, np.ndarray]:
+    """``lidc_chest_abdomen133``: its HU volume and true labels (read once for the module)."""
     folder = real_case("lidc_chest_abdomen133")
     volume = load_volume(folder / "ct.nii.gz")
     truth, _ = load_labels(folder / "label_flare.nii.gz", volume)
+    return volume.hu, truth
+
+
+def organ_from_keys(organ: int, keys: tuple[int, ...], **overrides: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """lidc's ``organ`` drawn (true mask) on ``keys``: (truth, labels) of it."""
+    hu, truth = lidc()
     propagator = FlowPropagator(FlowConfig(**overrides))
-    session = propagator.start(window_volume(volume.hu, propagator.windows))
-    for z in (20, 35, 50):
-        session.add_object_mask(z, LIVER, truth[z] == LIVER)
-    return truth == LIVER, session.run() == LIVER
+    session = propagator.start(window_volume(hu, propagator.windows))
+    for z in keys:
+        session.add_object_mask(z, organ, truth[z] == organ)
+    return truth == organ, session.run() == organ
+
+
+def liver_from_three_keys(**overrides: float) -> tuple[np.ndarray, np.ndarray]:
+    """lidc's liver (true slices 6-64) drawn on slices 20, 35 and 50."""
+    return organ_from_keys(LIVER, (20, 35, 50), **overrides)
 
 
 def test_a_walk_that_lost_the_organ_does_not_end_it_where_the_pass_still_follows_it() -> None:
@@ -81,14 +96,7 @@ def test_each_object_reads_the_first_keys_that_hold_enough_of_its_pixels() -> No
 
 def ivc_dice(keys: tuple[int, ...], **overrides: int) -> float:
     """lidc's IVC (true slices 0-59) drawn on ``keys``: its DSC."""
-    folder = real_case("lidc_chest_abdomen133")
-    volume = load_volume(folder / "ct.nii.gz")
-    truth, _ = load_labels(folder / "label_flare.nii.gz", volume)
-    propagator = FlowPropagator(FlowConfig(**overrides))
-    session = propagator.start(window_volume(volume.hu, propagator.windows))
-    for z in keys:
-        session.add_object_mask(z, IVC, truth[z] == IVC)
-    return dice(truth == IVC, session.run() == IVC)
+    return dice(*organ_from_keys(IVC, keys, **overrides))
 
 
 def test_a_key_near_a_vessel_end_is_judged_by_its_own_grey_values() -> None:
