@@ -1,5 +1,6 @@
 """The flow engine's intensity end rule, the parts that need no engine state: how much of a
-warped object still looks like the object (:func:`support`), where a run of low support
+warped object still looks like the object (:func:`support`), its unlike regions cut out
+(:func:`trim`), where a run of low support
 ends it (:class:`EndWatch`), and the slices a pass holds back until no end can take them
 back (:func:`release`). The rule itself: ``slicevos.inference.engines.flow.engine``."""
 
@@ -15,20 +16,41 @@ import numpy as np
 T = TypeVar("T")
 
 
-def support(llr: np.ndarray, warped: np.ndarray, sigma: float, radius: float) -> float:
-    """Fraction of the object's warped prediction (``warped`` > 0) whose grey values look
-    like the object on its keys: ``llr`` (same shape, float32) > 0 after a Gaussian blur of
-    ``sigma`` px, but at most a third of the object's ``radius`` (a wider blur mixes a thin
-    vessel or a small gland with what is around it, so that not even its own key would look
-    like it); 1 for an empty prediction."""
+def looks_like(llr: np.ndarray, sigma: float, radius: float) -> np.ndarray:
+    """The object's log-likelihood ratio ``llr`` (float32, per pixel) blurred by ``sigma``
+    px, but at most a third of the object's ``radius`` (a wider blur mixes a thin vessel or a
+    small gland with what is around it, so that not even its own key would look like it):
+    > 0 where the grey values around a pixel look like the object on its keys."""
+    sigma = min(sigma, radius / 3)
+    return cv2.GaussianBlur(llr, (0, 0), sigma) if sigma > 0 else llr
+
+
+def support(looks: np.ndarray, warped: np.ndarray) -> float:
+    """Fraction of the object's warped prediction (``warped`` > 0) that looks like the
+    object (``looks`` > 0, same shape: :func:`looks_like`); 1 for an empty prediction."""
     predicted = warped > 0
     total = np.count_nonzero(predicted)
     if not total:
         return 1.0
-    sigma = min(sigma, radius / 3)
-    if sigma > 0:
-        llr = cv2.GaussianBlur(llr, (0, 0), sigma)
-    return np.count_nonzero(predicted & (llr > 0)) / total
+    return np.count_nonzero(predicted & (looks > 0)) / total
+
+
+def trim(warped: np.ndarray, looks: np.ndarray, confidence: np.ndarray, radius: int,
+         below: float, floor: float) -> np.ndarray:
+    """``warped`` (the object's distances warped onto a slice, > 0 inside) with what the flow
+    carried it onto by mistake cut out (set to ``floor``): the pixels of its prediction
+    that neither look like the object (``looks`` <= 0, :func:`looks_like`) nor match the
+    key image warped there (the warp residual's ``confidence`` < ``below``), opened by a
+    disc of ``radius`` px (0: every such pixel), all arrays the same shape. Past a liver's
+    dome the flow lays it over the heart, past its tip over bowel: both differ from the liver
+    and from what the key showed there. Either test alone cuts the object's own pixels (a
+    kidney's rim, mixed with fat by partial volume, looks unlike it; a stomach's contents
+    move)."""
+    unlike = ((warped > 0) & (looks <= 0) & (confidence < below)).view(np.uint8)
+    if radius > 0:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        unlike = cv2.morphologyEx(unlike, cv2.MORPH_OPEN, disc)
+    return np.where(unlike.view(bool), np.float32(floor), warped)
 
 
 class EndWatch:

@@ -71,7 +71,13 @@ to the volume's end:
   rule, walking from the ``OPINIONS`` next keys inward, ends it (the second opinions), it
   ends on the first slice where that fraction is below ``opinion_support`` times
   ``end_support``: a weaker drop suffices there, but the walk alone, whose shape was
-  composed over more slices and may have drifted off the organ, does not end it;
+  composed over more slices and may have drifted off the organ, does not end it.
+  Until it ends, the pass cuts out of each object what the flow carried it onto by mistake
+  (``outer_trim``, ``ends.trim``): the pixels whose blurred log-likelihood ratio is not
+  positive and where the key image, warped there, does not match the slice (the warp
+  residual's confidence below ``trim_confidence``), opened by ``outer_trim`` px (a liver
+  past its dome laid over the heart; measured in docs/labeling.md). The end rule's support
+  reads the warp before the cut;
 - ``none``: plain warping.
 
 What a pass reads, so that a correction redoes only what a fresh session with the same keys
@@ -98,8 +104,8 @@ import torch
 
 from slicevos.config import check_fields
 from slicevos.errors import InputError
-from slicevos.inference.box_scores import Box, BoxScores, intersection, within
-from slicevos.inference.engines.flow.ends import EndWatch, release, support
+from slicevos.inference.box_scores import Box, BoxScores, intersection, union, within
+from slicevos.inference.engines.flow.ends import EndWatch, looks_like, release, support, trim
 from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
@@ -160,6 +166,8 @@ class FlowConfig:
     map_step: int | None = None
     opinion_support: float = 2.0
     end_model_pixels: int = 256
+    outer_trim: int | None = 1
+    trim_confidence: float = 0.3
 
     def __post_init__(self) -> None:
         checks = {
@@ -181,6 +189,10 @@ class FlowConfig:
             "opinion_support": (self.opinion_support >= 1, "a number >= 1"),
             "end_model_pixels": (isinstance(self.end_model_pixels, int)
                                  and self.end_model_pixels >= 0, "a number of pixels >= 0"),
+            "outer_trim": (self.outer_trim is None or (isinstance(self.outer_trim, int)
+                                                       and self.outer_trim >= 0),
+                           "null or a number of pixels >= 0"),
+            "trim_confidence": (0 < self.trim_confidence <= 1, "a number in (0, 1]"),
             "map_step": (self.map_step is None or (isinstance(self.map_step, int)
                                                    and self.map_step >= 1),
                          "null or a number of pixels >= 1"),
@@ -409,7 +421,8 @@ class FlowPasses(PassEngine):
                 fill[channel[object_id]] = score
             scores = BoxScores((self.session.height, self.session.width), fill,
                                **self._argmax_rule(channel, segment))
-            looks = {}  # object -> its warp onto z and its end-rule support ratio (inf: not judged)
+            looks = {}  # object -> its warp onto z, its end-rule support ratio (inf: not judged)
+            #   and the looks_like map that ratio read (None: not judged)
             for object_id, shape in shapes.items():
                 if object_id not in ended:
                     fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
@@ -417,13 +430,20 @@ class FlowPasses(PassEngine):
                     region, warped = self._warp(shape, mapping, fade)
                     judged = ((walk is not None and object_id not in walk.watch.ends)
                               or (other is None and cfg.end_rule != "none"))
-                    looks[object_id] = region, warped, (self._support_ratio(
-                        start, object_id, shape, z, region, warped, model) if judged else np.inf)
-            if second is not None and any(r < capped_below for _, _, r in looks.values()):
+                    ratio, like = (self._support_ratio(start, object_id, shape, z, region,
+                                                       warped, model)
+                                   if judged else (np.inf, None))
+                    looks[object_id] = region, warped, ratio, like
+            if second is not None and any(v[2] < capped_below for v in looks.values()):
                 # the opinions can end an object only where its own support is this low: else
                 # they are not asked (walked then, as far as the pass has come, if ever)
                 caps = second.result()
-            for object_id, (region, warped, ratio) in looks.items():
+            # beyond the outermost key: the warp residual's confidence over every object's
+            # region, for trim (and the fusion then, as measured here)
+            residual = (self._confidence(start, z, mapping, union(*(v[0] for v in looks.values())),
+                                         always=True)
+                        if other is None and cfg.outer_trim is not None and looks else None)
+            for object_id, (region, warped, ratio, like) in looks.items():
                 shape = shapes[object_id]
                 low = ratio < cfg.end_support
                 if (object_id in caps and (z - caps[object_id]) * step >= 0
@@ -441,12 +461,15 @@ class FlowPasses(PassEngine):
                                 output.scores.drop(channel[object_id], -cfg.clip)
                         continue
                 fill[channel[object_id]] = shape.floor
+                if residual is not None and like is not None:
+                    warped = trim(warped, like, residual(region), cfg.outer_trim,
+                                  cfg.trim_confidence, shape.floor)
                 if object_id in zones:
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
-            pending.append((z, PassOutput(scores, self._confidence(start, z, mapping,
-                                                                   scores.extent()),
-                                          mapping.box)))
+            confidence = (residual if residual is not None and cfg.use_confidence
+                          else self._confidence(start, z, mapping, scores.extent()))
+            pending.append((z, PassOutput(scores, confidence, mapping.box)))
             yield from release(pending, cfg.end_patience - 1)
         if walk is not None and order:
             walk.last, walk.mapping = order[-1], mapping
@@ -511,13 +534,14 @@ class FlowPasses(PassEngine):
 
     def _support_ratio(self, key: int, object_id: int, shape: ObjectShape, z: int,
                        region: tuple[slice, slice], warped: np.ndarray,
-                       model: tuple[int, ...]) -> float:
+                       model: tuple[int, ...]) -> tuple[float, np.ndarray]:
         """The intensity end rule's measure: the support of the object, warped from ``key``
         onto ``z``, over its support on ``key`` (``model``: the keys of the intensity model,
-        :meth:`_end_model`); it has ended where this is below ``end_support``."""
+        :meth:`_end_model`); it has ended where this is below ``end_support``. And what the
+        support read: ``ends.looks_like`` over ``region``."""
         key_support = self._key_support(key, object_id, shape, model)
-        here = self._support(object_id, z, region, warped, shape.radius, model)
-        return here / key_support if key_support > 0 else float("inf")  # never low
+        here, looks = self._support(object_id, z, region, warped, shape.radius, model)
+        return (here / key_support if key_support > 0 else float("inf")), looks  # inf: never low
 
     def _second_opinion(self, start: int, step: int
                         ) -> Generator[dict[int, int], np.ndarray | None, None]:
@@ -583,7 +607,7 @@ class FlowPasses(PassEngine):
         for object_id, shape in shapes.items():
             if object_id not in watch.ends:
                 watch.update(object_id, z, self._support_ratio(
-                    key, object_id, shape, z, *self._warp(shape, mapping), model)
+                    key, object_id, shape, z, *self._warp(shape, mapping), model)[0]
                     < self.config.end_support)
 
     def _argmax_rule(self, channel: dict[int, int], keys: tuple[int, ...]) -> dict[str, Any]:
@@ -636,12 +660,15 @@ class FlowPasses(PassEngine):
         return region, warped
 
     def _support(self, object_id: int, z: int, region: tuple[slice, slice],
-                 warped: np.ndarray, radius: float, model: tuple[int, ...]) -> float:
+                 warped: np.ndarray, radius: float, model: tuple[int, ...]
+                 ) -> tuple[float, np.ndarray]:
         """:func:`~slicevos.inference.engines.flow.ends.support` of the object on slice
-        ``z`` under the intensity model of the keys ``model``."""
+        ``z`` under the intensity model of the keys ``model``, and the ``looks_like`` map
+        (over ``region``) it read."""
         # cv2.LUT: the llr of each grey value, ~4x numpy's fancy indexing
-        return support(cv2.LUT(self.grey[z][region], self.intensity(model)[object_id]),
-                       warped, self.config.intensity_sigma, radius)
+        looks = looks_like(cv2.LUT(self.grey[z][region], self.intensity(model)[object_id]),
+                           self.config.intensity_sigma, radius)
+        return support(looks, warped), looks
 
     def _key_support(self, z: int, object_id: int, shape: ObjectShape,
                      model: tuple[int, ...]) -> float:
@@ -650,14 +677,15 @@ class FlowPasses(PassEngine):
         height, width = shape.distance.shape
         region = (slice(shape.top, shape.top + height), slice(shape.left, shape.left + width))
         return self._cached(self._key_supports, (z, object_id, model), lambda: self._support(
-            object_id, z, region, shape.distance, shape.radius, model))
+            object_id, z, region, shape.distance, shape.radius, model)[0])
 
-    def _confidence(self, key: int, z: int, mapping: RegionMap, extent: Box | None
-                    ) -> Callable[[Box], np.ndarray] | None:
+    def _confidence(self, key: int, z: int, mapping: RegionMap, extent: Box | None,
+                    always: bool = False) -> Callable[[Box], np.ndarray] | None:
         """The warp residual's confidence (module doc) on slice ``z`` of a pass from
         ``key``, as a function of a box inside the map's box: measured now over the pass's
-        objects' ``extent`` (what the fusion reads, mostly), elsewhere only if read."""
-        if not self.config.use_confidence:
+        objects' ``extent`` (what the fusion reads, mostly), elsewhere only if read. None
+        when the fusion does not use it (``use_confidence``), unless ``always``."""
+        if not (self.config.use_confidence or always):
             return None
         return _Measured(partial(self._confidence_over, key, z, mapping.frozen()),
                          None if extent is None else intersection(extent, mapping.box))
