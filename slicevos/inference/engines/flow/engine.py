@@ -439,10 +439,10 @@ class FlowPasses(PassEngine):
                 # they are not asked (walked then, as far as the pass has come, if ever)
                 caps = second.result()
             # beyond the outermost key: the warp residual's confidence over every object's
-            # region, for trim (and the fusion then, as measured here)
-            residual = (self._confidence(start, z, mapping, union(*(v[0] for v in looks.values())),
-                                         always=True)
-                        if other is None and cfg.outer_trim is not None and looks else None)
+            # region, for trim (and for the fusion then, measured once)
+            trimming = other is None and cfg.end_rule != "none" and cfg.outer_trim is not None
+            matches = (self._confidence(start, z, mapping, union(*(v[0] for v in looks.values())),
+                                        always=True) if trimming and looks else None)
             for object_id, (region, warped, ratio, like) in looks.items():
                 shape = shapes[object_id]
                 low = ratio < cfg.end_support
@@ -461,13 +461,13 @@ class FlowPasses(PassEngine):
                                 output.scores.drop(channel[object_id], -cfg.clip)
                         continue
                 fill[channel[object_id]] = shape.floor
-                if residual is not None and like is not None:
-                    warped = trim(warped, like, residual(region), cfg.outer_trim,
+                if matches is not None and like is not None:
+                    warped = trim(warped, like, matches(region), cfg.outer_trim,
                                   cfg.trim_confidence, shape.floor)
                 if object_id in zones:
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
-            confidence = (residual if residual is not None and cfg.use_confidence
+            confidence = (matches if matches is not None and cfg.use_confidence
                           else self._confidence(start, z, mapping, scores.extent()))
             pending.append((z, PassOutput(scores, confidence, mapping.box)))
             yield from release(pending, cfg.end_patience - 1)
