@@ -1,7 +1,8 @@
 """The flow engine's intensity end rule, the parts that need no engine state: how much of a
 warped object still looks like the object (:func:`support`), its unlike regions cut out
 (:func:`trim`), where a run of low support
-ends it (:class:`EndWatch`), and the slices a pass holds back until no end can take them
+ends it (:class:`EndWatch`), how a tapering object's tip goes on past that (:func:`tip_slope`,
+:func:`level_cut`), and the slices a pass holds back until no end can take them
 back (:func:`release`). The rule itself: ``slicevos.inference.engines.flow.engine``."""
 
 from __future__ import annotations
@@ -51,6 +52,38 @@ def trim(warped: np.ndarray, looks: np.ndarray, confidence: np.ndarray, radius: 
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
         unlike = cv2.morphologyEx(unlike, cv2.MORPH_OPEN, disc)
     return np.where(unlike.view(bool), np.float32(floor), warped)
+
+
+def tip_slope(areas: list[int], shrink: float) -> float | None:
+    """The area an ending object loses per slice, from its last areas on the slices before
+    its end (``areas``, pixels, oldest first; their mean change over the last 3), if it is
+    tapering: its area-equivalent radius shrinks by ``shrink`` px or more per slice (a boundary
+    that jitters by half a pixel changes the area by about ``pi r``, so a slower change is not
+    a taper). None when it is not, or with fewer than 2 areas."""
+    last = areas[-3:]
+    if len(last) < 2:
+        return None
+    slope = (last[-1] - last[0]) / (len(last) - 1)
+    radius = np.sqrt(last[-1] / np.pi)
+    return slope if slope < 0 and -slope >= 2 * np.pi * radius * shrink else None
+
+
+def level_cut(warped: np.ndarray, area: float, floor: float) -> np.ndarray:
+    """``warped`` (signed distances, > 0 inside) lowered so that about ``area`` pixels stay
+    inside: its level set of that area (the shape eroded along its own distances, narrow
+    parts first, the way a tapering organ ends); unchanged if it holds fewer. Values stay at
+    or above ``floor``."""
+    inside = warped[warped > 0]
+    keep = int(round(area))
+    if keep >= len(inside):
+        return warped
+    if keep <= 0:
+        return np.full_like(warped, floor)
+    level = np.partition(inside, len(inside) - keep)[len(inside) - keep]
+    # the kept pixels stay just above 0, the rest just below
+    lowered = warped - level
+    return np.where(warped >= level, np.maximum(lowered, np.float32(1e-3)),
+                    np.clip(lowered, floor, np.float32(-1e-3))).astype(np.float32)
 
 
 class EndWatch:

@@ -105,7 +105,15 @@ import torch
 from slicevos.config import check_fields
 from slicevos.errors import InputError
 from slicevos.inference.box_scores import Box, BoxScores, intersection, union, within
-from slicevos.inference.engines.flow.ends import EndWatch, looks_like, release, support, trim
+from slicevos.inference.engines.flow.ends import (
+    EndWatch,
+    level_cut,
+    looks_like,
+    release,
+    support,
+    tip_slope,
+    trim,
+)
 from slicevos.inference.engines.flow.field import (
     FlowFields,
     FlowSettings,
@@ -168,6 +176,8 @@ class FlowConfig:
     end_model_pixels: int = 256
     outer_trim: int | None = 1
     trim_confidence: float = 0.3
+    tip_slices: int | None = 3
+    tip_shrink: float = 0.5
 
     def __post_init__(self) -> None:
         checks = {
@@ -193,6 +203,10 @@ class FlowConfig:
                                                        and self.outer_trim >= 0),
                            "null or a number of pixels >= 0"),
             "trim_confidence": (0 < self.trim_confidence <= 1, "a number in (0, 1]"),
+            "tip_slices": (self.tip_slices is None or (isinstance(self.tip_slices, int)
+                                                       and self.tip_slices >= 1),
+                           "null or a number of slices >= 1"),
+            "tip_shrink": (self.tip_shrink > 0, "a number of pixels per slice > 0"),
             "map_step": (self.map_step is None or (isinstance(self.map_step, int)
                                                    and self.map_step >= 1),
                          "null or a number of pixels >= 1"),
@@ -392,6 +406,8 @@ class FlowPasses(PassEngine):
         channel = {o: i + 1 for i, o in enumerate(self.session.object_ids)}
         shapes = self.shapes(start)
         ended: set[int] = set()
+        areas: dict[int, list[int]] = {}  # object -> its areas on this pass's slices so far
+        tips: dict[int, _Tip] = {}  # object -> its tip, once the end rule has ended it
         watch = EndWatch(cfg.end_patience, step)
         pending: deque[tuple[int, PassOutput]] = deque()  # slices an end may still take back
         fading, absent, zones = self._one_key_parts(start, other)
@@ -446,27 +462,37 @@ class FlowPasses(PassEngine):
             for object_id, (region, warped, ratio, like) in looks.items():
                 shape = shapes[object_id]
                 low = ratio < cfg.end_support
-                if (object_id in caps and (z - caps[object_id]) * step >= 0
-                        and ratio < capped_below):
-                    ended.add(object_id)
-                    continue
-                if walk is not None and object_id not in walk.watch.ends:
-                    walk.watch.update(object_id, z, low)
-                if other is None and cfg.end_rule != "none":
-                    end = watch.update(object_id, z, low)
+                tip = tips.get(object_id)
+                if tip is None:
+                    end = None
+                    if (object_id in caps and (z - caps[object_id]) * step >= 0
+                            and ratio < capped_below):
+                        end = z
+                    else:
+                        if walk is not None and object_id not in walk.watch.ends:
+                            walk.watch.update(object_id, z, low)
+                        if other is None and cfg.end_rule != "none":
+                            end = watch.update(object_id, z, low)
                     if end is not None:
-                        ended.add(object_id)
+                        tip = tips[object_id] = self._tip(areas.get(object_id, []), end, z)
                         for held, output in pending:
                             if (held - end) * step >= 0:
-                                output.scores.drop(channel[object_id], -cfg.clip)
+                                tip.cut(output.scores, channel[object_id], held, shape.floor,
+                                        -cfg.clip)
+                if tip is not None:
+                    if tip.area(z) <= 0:
+                        ended.add(object_id)
                         continue
-                fill[channel[object_id]] = shape.floor
-                if matches is not None and like is not None:
+                    warped = level_cut(warped, tip.area(z), shape.floor)
+                elif matches is not None and like is not None:
                     warped = trim(warped, like, matches(region), cfg.outer_trim,
                                   cfg.trim_confidence, shape.floor)
+                fill[channel[object_id]] = shape.floor
                 if object_id in zones:
                     region, warped = _abstain(zones[object_id], region, warped, shape.floor)
                 scores.boxes[channel[object_id]] = region, warped
+                if tip is None and cfg.tip_slices is not None:
+                    areas.setdefault(object_id, []).append(int(np.count_nonzero(warped > 0)))
             confidence = (matches if matches is not None and cfg.use_confidence
                           else self._confidence(start, z, mapping, scores.extent()))
             pending.append((z, PassOutput(scores, confidence, mapping.box)))
@@ -475,6 +501,19 @@ class FlowPasses(PassEngine):
             walk.last, walk.mapping = order[-1], mapping
             self._walks[start, step] = walk
         yield from release(pending, 0)
+
+    def _tip(self, areas: list[int], end: int, z: int) -> _Tip:
+        """The tip of an object that the end rule ended on slice ``end`` (found on ``z``),
+        from its ``areas`` on the pass's slices before ``end`` (oldest first; the slices held
+        since ``end`` appended too): it goes on tapering at the rate it was (``tip_slices``,
+        ``tip_shrink``; ``ends.tip_slope``), else it ends there (a tip of no slices)."""
+        cfg = self.config
+        before = areas[:len(areas) - abs(z - end)]  # the held slices since end are not before
+        slope = (tip_slope(before, cfg.tip_shrink)
+                 if cfg.tip_slices is not None and before else None)
+        if slope is None:
+            return _Tip(end, 0, 0.0, 0.0)
+        return _Tip(end, cfg.tip_slices, float(before[-1]), slope)
 
     def _one_key_parts(self, start: int, other: int | None
                        ) -> tuple[dict[int, np.ndarray], dict[int, float],
@@ -765,6 +804,33 @@ class _Measured:
         if self.box is not None and intersection(box, self.box) == box:
             return self.values[within(box, self.box)]
         return self.measure(box)
+
+
+@dataclass(frozen=True)
+class _Tip:
+    """An ending object's tip along a pass: from slice ``end`` on, for at most ``slices``
+    slices, its area goes on changing by ``slope`` pixels per slice from ``last`` (its area
+    on the slice before ``end``); 0 beyond."""
+
+    end: int
+    slices: int
+    last: float
+    slope: float
+
+    def area(self, z: int) -> float:
+        """The tip's area on slice ``z`` (pixels; <= 0: the object has ended there)."""
+        k = abs(z - self.end) + 1
+        return self.last + k * self.slope if k <= self.slices else 0.0
+
+    def cut(self, scores: BoxScores, c: int, z: int, floor: float, fill: float) -> None:
+        """Channel ``c`` of a slice ``z`` held back since ``end``: its tip there (its
+        values lowered to the tip's area, ``ends.level_cut``), or dropped (``fill``)."""
+        area = self.area(z)
+        if area <= 0 or c not in scores.boxes:
+            scores.drop(c, fill)
+            return
+        region, values = scores.boxes[c]
+        scores.boxes[c] = region, level_cut(values, area, floor)
 
 
 @dataclass
