@@ -77,7 +77,12 @@ to the volume's end:
   positive and where the key image, warped there, does not match the slice (the warp
   residual's confidence below ``trim_confidence``), opened by ``outer_trim`` px (a liver
   past its dome laid over the heart; measured in docs/labeling.md). The end rule's support
-  reads the warp before the cut;
+  reads the warp before the cut. Where the rule (or a second opinion) ends an object whose
+  area on the pass's last slices (up to 3) shrank by ``tip_shrink`` px of radius per slice
+  or more, it is tapering: it goes on for up to ``tip_slices`` slices, its warp cut to the
+  area that rate leaves (``ends.level_cut``: its shape eroded along its own distances),
+  until that reaches 0 (on 3 mm slices a kidney's last slices, mixed with fat, look unlike
+  it: docs/labeling.md, "Organ tips");
 - ``none``: plain warping.
 
 What a pass reads, so that a correction redoes only what a fresh session with the same keys
