@@ -7,41 +7,23 @@ it worse")."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 from slicevos.errors import InputError
 from slicevos.inference.engines.flow.ends import trim
-from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
+from slicevos.inference.engines.flow.engine import FlowConfig
 from slicevos.inference.engines.flow.shapes import end_models, intensity_models
-from slicevos.io import load_labels, load_volume
 from slicevos.metrics.overlap import dice
-from slicevos.preprocessing.windowing import window_volume
-from tests.conftest import real_case
+from tests import flow_cases
 
 LIVER, IVC = 1, 6
 
 
-@functools.lru_cache(maxsize=1)
-def lidc() -> tuple[np.ndarray, np.ndarray]:
-    """``lidc_chest_abdomen133``: its HU volume and true labels (read once for the module)."""
-    folder = real_case("lidc_chest_abdomen133")
-    volume = load_volume(folder / "ct.nii.gz")
-    truth, _ = load_labels(folder / "label_flare.nii.gz", volume)
-    return volume.hu, truth
-
-
-def organ_from_keys(organ: int, keys: tuple[int, ...], **overrides: float
+def organ_from_keys(organ: int, keys: tuple[int, ...], **overrides: object
                     ) -> tuple[np.ndarray, np.ndarray]:
     """lidc's ``organ`` drawn (true mask) on ``keys``: (truth, labels) of it."""
-    hu, truth = lidc()
-    propagator = FlowPropagator(FlowConfig(**overrides))
-    session = propagator.start(window_volume(hu, propagator.windows))
-    for z in keys:
-        session.add_object_mask(z, organ, truth[z] == organ)
-    return truth == organ, session.run() == organ
+    return flow_cases.organ_from_keys("lidc_chest_abdomen133", organ, keys, **overrides)
 
 
 def liver_from_three_keys(**overrides: float) -> tuple[np.ndarray, np.ndarray]:

@@ -7,19 +7,15 @@ mixed with fat by partial volume, look unlike it, and the rule ended it 2-3 slic
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 from slicevos.data.optical_flow import signed_distance
 from slicevos.errors import InputError
 from slicevos.inference.engines.flow.ends import level_cut, tip_slope
-from slicevos.inference.engines.flow.engine import FlowConfig, FlowPropagator
-from slicevos.io import load_labels, load_volume
+from slicevos.inference.engines.flow.engine import FlowConfig
 from slicevos.metrics.overlap import dice
-from slicevos.preprocessing.windowing import window_volume
-from tests.conftest import real_case
+from tests import flow_cases
 
 RIGHT_KIDNEY, GALLBLADDER = 2, 9
 
@@ -47,24 +43,11 @@ def test_a_level_cut_keeps_the_deepest_pixels_of_the_area() -> None:
     assert not (level_cut(warped, 0, floor=-6.0) > 0).any()
 
 
-@functools.lru_cache(maxsize=1)
-def full112() -> tuple[np.ndarray, np.ndarray]:
-    """``example_ct_full112`` (3 mm slices): its HU volume and true labels."""
-    folder = real_case("example_ct_full112")
-    volume = load_volume(folder / "ct.nii.gz")
-    truth, _ = load_labels(folder / "label_flare.nii.gz", volume)
-    return volume.hu, truth
-
-
 def organ_from_keys(organ: int, keys: tuple[int, ...], **overrides: object
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """full112's ``organ`` drawn (true mask) on ``keys``: (truth, labels) of it."""
-    hu, truth = full112()
-    propagator = FlowPropagator(FlowConfig(**overrides))
-    session = propagator.start(window_volume(hu, propagator.windows))
-    for z in keys:
-        session.add_object_mask(z, organ, truth[z] == organ)
-    return truth == organ, session.run() == organ
+    """``example_ct_full112``'s (3 mm slices) ``organ`` drawn (true mask) on ``keys``:
+    (truth, labels) of it."""
+    return flow_cases.organ_from_keys("example_ct_full112", organ, keys, **overrides)
 
 
 @pytest.mark.parametrize("patience", [1, 2])
