@@ -449,17 +449,17 @@ class FlowPasses(PassEngine):
                     fade = (self._fade(fading[object_id], abs(z - start) / abs(other - start))
                             if object_id in fading else None)
                     region, warped = self._warp(shape, mapping, fade)
+                    # an object ending in a tip is not judged: the rule ended it already
                     judged = ((walk is not None and object_id not in walk.watch.ends)
-                              or (other is None and cfg.end_rule != "none"))
+                              or (other is None and cfg.end_rule != "none"
+                                  and object_id not in tips))
                     ratio, like = (self._support_ratio(start, object_id, shape, z, region,
                                                        warped, model)
                                    if judged else (np.inf, None))
                     looks[object_id] = region, warped, ratio, like
-            if second is not None and any(v[2] < capped_below for o, v in looks.items()
-                                          if o not in tips):
-                # the opinions can end an object only where its own support is this low (and
-                # it is not ending already, a tip): else they are not asked (walked then, as
-                # far as the pass has come, if ever)
+            if second is not None and any(v[2] < capped_below for v in looks.values()):
+                # the opinions can end an object only where its own support is this low: else
+                # they are not asked (walked then, as far as the pass has come, if ever)
                 caps = second.result()
             # beyond the outermost key: the warp residual's confidence over every object's
             # region, for trim (and for the fusion then, measured once)
