@@ -4,13 +4,14 @@ restoring a slice's keys (undo) give back the first result; the STCN engine take
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from test_propagation_session import make_net, volume  # tests/ is on sys.path
 
 from slicevos.errors import InputError
-from slicevos.inference.engines.flow.engine import OUTER_REACH, FlowPropagator
+from slicevos.inference.engines.flow.engine import OUTER_REACH, FlowConfig, FlowPropagator
 from slicevos.inference.engines.stcn.engine import Propagator
 from slicevos.inference.suggestions import suggest_slices, tent_sums
 from slicevos.phantom import PhantomConfig, make_phantom
@@ -68,40 +69,90 @@ def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
     assert dice(after[near] == target) >= dice(first[near] == target)
 
 
+def outer_reach(truth: np.ndarray, keys: list[int], organ: int, step: int) -> int:
+    """How many of the outermost keys the pass beyond the end that ``step`` goes to reads:
+    its own and the next one inward (second opinion), and as many as the end model pools
+    to hold ``end_model_pixels`` of the organ (at most ``OUTER_REACH``); its own alone where
+    the organ is not on it (the pass is background throughout)."""
+    ordered = sorted(keys, reverse=step > 0)[:OUTER_REACH]  # from that end inward
+    pooled = np.cumsum([(truth[z] == organ).sum() for z in ordered])
+    if not pooled[0]:
+        return 1
+    enough = np.flatnonzero(pooled >= FlowConfig().end_model_pixels)
+    return max(2, int(enough[0]) + 1 if len(enough) else len(ordered))
+
+
+def expected_redone(truth: np.ndarray, keys: list[int], z: int, organ: int) -> set[int]:
+    """The slices a new or replaced key ``z`` of ``organ`` (keys: after the change) redoes."""
+    below, above = [k for k in keys if k < z], [k for k in keys if k > z]
+    redone = set(range(max(below, default=-1) + 1, min(above, default=len(truth)))) - {z}
+    if len(below) < outer_reach(truth, keys, organ, -1):
+        redone |= set(range(keys[0]))
+    if len(above) < outer_reach(truth, keys, organ, 1):
+        redone |= set(range(keys[-1] + 1, len(truth)))
+    return redone
+
+
 def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom) -> None:
     """The labels are a function of the keys, not of the order they came in. A pass beyond
-    an organ's outermost key reads the OUTER_REACH outermost keys on its side (its end model
-    and second opinion), so a change to one of those redoes that pass; a key with that many
-    keys on each side redoes only its own segments. The result equals a fresh
+    an organ's outermost key reads that key, the next one inward and the keys its end model
+    pools (``outer_reach``), so a change to one of those redoes that pass; a key with that
+    many keys on each side redoes only its own segments. The result equals a fresh
     session given every key at once."""
     truth = phantom.labels
     depth = len(truth)
-    reach = OUTER_REACH
     session, organs = start_organs(phantom, 3)
     session.run()
+    skipped = 0  # keys whose side's pass a fixed reach of OUTER_REACH would have redone
     for organ in organs:
         mid = middle(truth, organ)
-        assert 0 <= mid - 2 * reach and mid + 2 * reach < depth
-
-        def redone_after(z: int, organ: int = organ) -> set[int]:
+        assert 0 <= mid - 2 * OUTER_REACH and mid + 2 * OUTER_REACH < depth
+        keys = {mid}
+        for z in [mid + 2 * OUTER_REACH] + [z for i in range(1, OUTER_REACH + 1)
+                                            for z in (mid - 2 * i, mid + 2 * i)] + [mid]:
+            keys.add(z)
             session.add_object_mask(z, organ, truth[z] == organ)  # may be past its end
-            return {z for z, _ in session.propagate()}
-
-        far = mid + 2 * reach
-        # below the middle key too: the new key is the next one inward from it
-        assert redone_after(far) == set(range(depth)) - {mid, far}
-        for i in range(1, reach + 1):
-            for z in (mid - 2 * i, mid + 2 * i):
-                if z != far:
-                    redone_after(z)
-        assert redone_after(mid) == {mid - 1, mid + 1}  # ``reach`` keys on each side
-        # one of the keys the pass beyond the upper end reads
-        assert redone_after(mid + 2) == {mid + 1, mid + 3} | set(range(far + 1, depth))
+            redone = {z for z, _ in session.propagate()}
+            assert redone == expected_redone(truth, sorted(keys), z, organ), (organ, z)
+            ordered = sorted(keys)
+            skipped += sum(sum(1 for k in ordered if (k - z) * step > 0) < OUTER_REACH
+                           and not redone & ({ordered[0] - 1} if step < 0 else
+                                             {ordered[-1] + 1})
+                           for step in (-1, 1) if 0 < ordered[0] and ordered[-1] < depth - 1)
+    assert skipped  # some organ's end model reads its outermost key alone
     fresh = flow_session(phantom)
     for organ in organs:
         for z in session.organ_keys[organ]:
             fresh.add_object_mask(z, organ, truth[z] == organ)
     np.testing.assert_array_equal(session.labels, fresh.run())
+
+
+def test_a_pass_that_never_asked_its_second_opinion_ignores_the_next_key(phantom) -> None:
+    """An organ running on unchanged to the volume's end (a disc through every slice): the
+    pass beyond its upper key never asks its second opinion (walked from the next key
+    inward), and its end model reads that key alone, so redrawing the next key inward
+    redoes only that key's segments and the pass beyond the lower end. The labels equal a
+    fresh session given the same keys."""
+    rng = np.random.default_rng(0)
+    depth = 16
+    rows, cols = np.mgrid[:64, :64]
+    disc = (rows - 32) ** 2 + (cols - 30) ** 2 < 14 ** 2
+    hu = rng.normal(-80, 15, (depth, 64, 64)).astype(np.float32)
+    hu[:, disc] = rng.normal(120, 15, (depth, int(disc.sum())))
+    propagator = FlowPropagator()
+    image = window_volume(hu, propagator.windows)
+    session = propagator.start(image)
+    for z in (5, 9):
+        session.add_object_mask(z, 1, disc)
+    session.run()
+    smaller = cv2.erode(disc.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    session.add_object_mask(5, 1, smaller)
+    assert {z for z, _ in session.propagate()} == set(range(9)) - {5}
+    fresh = propagator.start(image)
+    fresh.add_object_mask(5, 1, smaller)
+    fresh.add_object_mask(9, 1, disc)
+    np.testing.assert_array_equal(session.labels, fresh.run())
+    assert (session.labels[10:] == 1).sum(axis=(1, 2)).min() > 0.9 * disc.sum()
 
 
 def test_whole_key_vouches_absent_organs_and_absorbs_organ_keys(phantom) -> None:

@@ -116,12 +116,14 @@ class PassEngine:
     def check_key(self, z: int, labels: np.ndarray) -> None:
         """Raise InputError for key labels this engine cannot take."""
 
-    def keys_changed(self, z: int, objects_changed: bool) -> int:
+    def keys_changed(self, z: int, objects_changed: bool) -> tuple[int, int]:
         """Key slice ``z`` was set, replaced or removed; ``objects_changed``: the object list
-        changed. Returns how many of the outermost keys on each side a pass beyond them reads
-        (0: only its own key; the flow engine's end rule: its ``OUTER_REACH``), so that a change to one of
-        them redoes that pass too, as a fresh session with the same keys would do it."""
-        return 0
+        changed. Returns how many of the outermost keys at the low and at the high end a pass
+        beyond them reads, on the keys as they are now (0: only its own key; the flow engine's
+        end rule: 2 or 3, ``FlowPasses._outer_reach``), so that a change to one of them redoes
+        that pass too, as a fresh session with the same keys would do it. A change farther in
+        leaves those keys, and so their count, as they were."""
+        return 0, 0
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         """uint8 (L,): the label of each score channel (applied to the argmax)."""

@@ -254,17 +254,18 @@ class Track:
         beyond the outermost key of a side where its pass reads ``z`` (the engine's reach)."""
         before = list(self.view.object_ids)
         self.view.refresh()
-        reach = self.engine.keys_changed(z, self.view.object_ids != before)
+        reach_low, reach_high = self.engine.keys_changed(z, self.view.object_ids != before)
         keys = self.key_slices
         below = [k for k in keys if k < z]
         above = [k for k in keys if k > z]
         low, high = (max(below) + 1 if below else 0), (min(above) if above else self.depth)
         self.up_to_date[low:high] = False
-        if reach and keys:
-            # z among the ``reach`` outermost keys of a side (before or after the change)
-            if len(below) < reach:
+        if keys:
+            # z among the outermost keys that a side's pass reads (counted on the keys after
+            # the change: a change beyond them leaves them as they were, and so their count)
+            if len(below) < reach_low:
                 self.up_to_date[:keys[0]] = False
-            if len(above) < reach:
+            if len(above) < reach_high:
                 self.up_to_date[keys[-1] + 1:] = False
         if z in self.view.key_masks:
             self.up_to_date[z] = True

@@ -58,28 +58,30 @@ def test_draw_propagate_save_in_input_geometry(scans, open_client, tmp_path, lay
 def test_correction_repropagates_its_segments_and_the_ends_that_read_it(scans, open_client):
     scan = scans["lps"]
     labeler, client = open_client(scan.ct)
-    for z in (4, 12, 20):
+    for z in (7, 12, 17):  # the liver: 82, 358 and 269 px
         draw_truth(client, scan.labels, z)
         client.post("/api/accept", json={"z": z}).raise_for_status()  # whole-slice keys
     propagate_and_wait(client)
     labels_before = labeler.session.labels.copy()
     revisions_before = np.array(client.get("/api/status").json()["revisions"])
 
-    # correct organ 1 on slice 8 (inside the 4..12 segment): 8 becomes a key of organ 1
-    ys, xs = np.nonzero(scan.labels[8] == 1)
-    client.post("/api/stroke", json={"z": 8, "label": 1, "tool": "brush", "radius": 1,
+    # correct organ 1 on slice 9 (inside the 7..12 segment): 9 becomes a key of organ 1
+    ys, xs = np.nonzero(scan.labels[9] == 1)
+    client.post("/api/stroke", json={"z": 9, "label": 1, "tool": "brush", "radius": 1,
                                      "points": [[int(xs[0]), int(ys[0])]]}).raise_for_status()
     status = propagate_and_wait(client)
-    assert status["keys"] == [4, 8, 12, 20] and status["organ_keys"] == {"1": [8]}
+    assert status["keys"] == [7, 9, 12, 17] and status["organ_keys"] == {"1": [9]}
     changed = np.flatnonzero(np.array(status["revisions"]) != revisions_before).tolist()
-    # the segments 4..8 and 8..12, and beyond the outermost keys: the end rule there reads
-    # the three keys nearest each end, and 8 is one of them on both sides; not 12..20
-    assert changed == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, *range(21, SHAPE[0])]
-    untouched = np.r_[12:21]
+    # the segments 7..9 and 9..12, and below 7: 9 is the next key inward there, which the
+    # liver's end model pools (7 holds 82 of the 256 pixels it needs) and its second opinion
+    # walks from. Above 17 its model reads 17 alone (269 px), and the second opinion the next
+    # key inward, 12: 9 is neither, so nothing above 12 changes.
+    assert changed == [*range(7), 8, 9, 10, 11]
+    untouched = np.r_[12:SHAPE[0]]
     np.testing.assert_array_equal(labeler.session.labels[untouched], labels_before[untouched])
-    # the other organs on slice 8 stay propagated: only organ 1 was redrawn there
-    others = ~np.isin(labels_before[8], [0, 1]) & (labeler.session.labels[8] != 1)
-    np.testing.assert_array_equal(labeler.session.labels[8][others], labels_before[8][others])
+    # the other organs on slice 9 stay propagated: only organ 1 was redrawn there
+    others = ~np.isin(labels_before[9], [0, 1]) & (labeler.session.labels[9] != 1)
+    np.testing.assert_array_equal(labeler.session.labels[9][others], labels_before[9][others])
 
 
 def test_flows_are_computed_ahead_while_the_user_draws(scans, open_client):

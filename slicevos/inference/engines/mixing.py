@@ -43,9 +43,10 @@ class NetworkAndFlowPasses(PassEngine):
     def check_key(self, z: int, labels: np.ndarray) -> None:
         self.stcn.check_key(z, labels)
 
-    def keys_changed(self, z: int, objects_changed: bool) -> int:
-        return max(self.stcn.keys_changed(z, objects_changed),
-                   self.flow.keys_changed(z, objects_changed))
+    def keys_changed(self, z: int, objects_changed: bool) -> tuple[int, int]:
+        stcn, flow = (self.stcn.keys_changed(z, objects_changed),
+                      self.flow.keys_changed(z, objects_changed))
+        return max(stcn[0], flow[0]), max(stcn[1], flow[1])
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.stcn.label_lut(object_ids)

@@ -87,8 +87,9 @@ to the volume's end:
 
 What a pass reads, so that a correction redoes only what a fresh session with the same keys
 would compute differently (labels depend on the keys, not on their order): a pass between
-two keys reads those two keys; a pass beyond the outermost key reads the ``OUTER_REACH``
-outermost keys on its side (:meth:`FlowPasses.keys_changed` says so to the session).
+two keys reads those two keys; a pass beyond the outermost key reads its key, the next one
+inward (second opinions) and the keys its objects' end models pool: 2 or 3, at most
+``OUTER_REACH`` (:meth:`FlowPasses.keys_changed` says so to the session).
 Both compose their maps over the track's region (every key's objects, grown by 64 px),
 which a key elsewhere can widen; that moves nothing but the region's edges.
 """
@@ -134,6 +135,8 @@ from slicevos.inference.engines.flow.shapes import (
     ObjectShape,
     end_models,
     key_shapes,
+    label_values,
+    model_depths,
     scaled_lookup,
     unmatched_parts,
 )
@@ -315,8 +318,11 @@ class FlowPasses(PassEngine):
         self._entry_locks: dict[tuple[int, Any], threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._walks: dict[tuple[int, int], _Walk] = {}  # (key, step) -> its end-rule walk
+        # (key, step) -> whether the pass beyond that outermost key, as last run, asked its
+        # second opinions (kept when keys change: a pass that did not ask reads no other key)
+        self._asked: dict[tuple[int, int], bool] = {}
 
-    def keys_changed(self, z: int, objects_changed: bool) -> int:
+    def keys_changed(self, z: int, objects_changed: bool) -> tuple[int, int]:
         self._shapes.pop(z, None)
         self._llr.clear()
         self._key_supports.clear()
@@ -326,9 +332,26 @@ class FlowPasses(PassEngine):
         self._unmatched.clear()
         self._walks.clear()
         self._entry_locks.clear()
-        # a pass beyond the outermost key reads the OUTER_REACH outermost keys (its end
-        # model and second opinions): a change to any of them redoes it
-        return OUTER_REACH if self.config.end_rule != "none" else 0
+        keys = sorted(self.session.key_masks)
+        if self.config.end_rule == "none" or not keys:
+            return 0, 0
+        return self._outer_reach(keys[0], -1), self._outer_reach(keys[-1], 1)
+
+    def _outer_reach(self, key: int, step: int) -> int:
+        """How many of the outermost keys the pass beyond ``key`` (going ``step``) reads: its
+        own, the ``OPINIONS`` next inward (second opinions, unless that pass, as last run,
+        never asked them: it would run the same without them) and the keys its objects' end
+        models pool (``shapes.model_depths``: a large organ's model reads its outermost key
+        alone); its own alone where it holds no object. Only these decide it, so a change
+        farther in leaves that pass as it was."""
+        model = self._end_model(key, step)
+        depths = model_depths([self.session.key_masks[k] for k in model],
+                              self.config.end_model_pixels)
+        present = label_values(self.session.key_masks[key])
+        # no object on it: the pass is background throughout and reads no other key; a pass
+        # that ran without asking its second opinions would run the same without them
+        opinions = 1 + OPINIONS if self._asked.get((key, step), True) else 1
+        return max(opinions, *(depths[o] for o in present)) if present else 1
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -422,6 +445,9 @@ class FlowPasses(PassEngine):
                 and not fading and not any((k - other) * step > 0
                                            for k in self.session.key_masks) else None)
         mapping, previous = self._region_map(), start
+        asked = False  # whether the second opinions were asked (kept once the pass is done)
+        if second is not None:
+            self._asked[start, step] = True  # until the pass is done
         for z in order:
             fill = np.full(len(channel) + 1, -cfg.clip, np.float32)
             fill[0] = 0.0
@@ -461,6 +487,7 @@ class FlowPasses(PassEngine):
                 # the opinions can end an object only where its own support is this low: else
                 # they are not asked (walked then, as far as the pass has come, if ever)
                 caps = second.result()
+                asked = True
             # beyond the outermost key: the warp residual's confidence over every object's
             # region, for trim (and for the fusion then, measured once)
             trimming = other is None and cfg.end_rule != "none" and cfg.outer_trim is not None
@@ -508,6 +535,8 @@ class FlowPasses(PassEngine):
             walk.last, walk.mapping = order[-1], mapping
             self._walks[start, step] = walk
         yield from release(pending, 0)
+        if second is not None:
+            self._asked[start, step] = asked  # the whole pass ran
 
     def _tip(self, areas: list[int], end: int, z: int) -> _Tip:
         """The tip of an object that the end rule ended on slice ``end`` (found on ``z``),

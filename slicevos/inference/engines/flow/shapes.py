@@ -215,18 +215,28 @@ def end_models(keys: Sequence[tuple[np.ndarray, np.ndarray]], min_pixels: int,
     ``min_pixels`` (at least 1) of its pixels (all of them if they never do). A large organ's
     model is its grey values at that end, where the rule acts; a small one pools enough
     pixels for a histogram of 256 grey values."""
-    counts = [np.bincount(labels.ravel(), minlength=256) for _, labels in keys]
-    cumulative = np.cumsum(counts, axis=0)
-    objects = [int(o) for o in np.flatnonzero(cumulative[-1]) if o] if keys else []
     by_depth: dict[int, list[int]] = {}
-    for object_id in objects:
-        enough = np.flatnonzero(cumulative[:, object_id] >= max(min_pixels, 1))
-        depth = int(enough[0]) + 1 if len(enough) else len(keys)
+    for object_id, depth in model_depths([labels for _, labels in keys], min_pixels).items():
         by_depth.setdefault(depth, []).append(object_id)
     models: dict[int, np.ndarray] = {}
     for depth, group in by_depth.items():
         models.update(intensity_models(keys[:depth], context=context, objects=group))
     return models
+
+
+def model_depths(labels: Sequence[np.ndarray], min_pixels: int) -> dict[int, int]:
+    """Object id -> how many of the key label maps ``labels`` (ordered from an end inward)
+    its :func:`end_models` model reads: the first that hold ``min_pixels`` (at least 1) of
+    its pixels together, all of them if they never do."""
+    if not labels:
+        return {}
+    cumulative = np.cumsum([np.bincount(plane.ravel(), minlength=256) for plane in labels],
+                           axis=0)
+    depths = {}
+    for object_id in (int(o) for o in np.flatnonzero(cumulative[-1]) if o):
+        enough = np.flatnonzero(cumulative[:, object_id] >= max(min_pixels, 1))
+        depths[object_id] = int(enough[0]) + 1 if len(enough) else len(labels)
+    return depths
 
 
 def _log_ratio(inside: np.ndarray, around: np.ndarray, smooth: float, floor: float,

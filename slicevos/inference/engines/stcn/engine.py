@@ -141,11 +141,11 @@ class StcnPasses(PassEngine):
     def check_key(self, z: int, labels: np.ndarray) -> None:
         self.mode.check_key(z, labels)
 
-    def keys_changed(self, z: int, objects_changed: bool) -> int:
+    def keys_changed(self, z: int, objects_changed: bool) -> tuple[int, int]:
         self._key_values.pop(z, None)
         if objects_changed and self.mode.values_depend_on_objects:
             self._key_values.clear()
-        return 0
+        return 0, 0
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return self.mode.label_lut(object_ids)
