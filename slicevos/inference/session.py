@@ -38,8 +38,8 @@ pixel map of direction disagreement.
 
 Re-propagation: :meth:`PropagationSession.add_mask` on a propagated session marks the
 segments next to that key dirty, and the segments beyond the outermost keys whose passes
-read it (:meth:`PassEngine.keys_changed`: the flow engine's end rule reads the three
-outermost keys of a side); the next :meth:`~PropagationSession.propagate` recomputes those
+read it (:meth:`PassEngine.keys_changed`: the flow engine's end rule reads up to the
+three outermost keys of a side); the next :meth:`~PropagationSession.propagate` recomputes those
 and keeps every other label. So the labels depend on the keys only, not on the order in
 which they came: a fresh session given the same keys gives the same labels.
 
