@@ -93,6 +93,17 @@ def expected_redone(truth: np.ndarray, keys: list[int], z: int, organ: int) -> s
     return redone
 
 
+def ends_left_alone(keys: list[int], z: int, redone: set[int], depth: int) -> int:
+    """How many of the two passes beyond the outermost keys a change at ``z`` left alone
+    although ``z`` is among the ``OUTER_REACH`` outermost keys of that side (what a fixed
+    reach would have redone); judged by the slice just past each outermost key."""
+    if not (0 < keys[0] and keys[-1] < depth - 1):
+        return 0
+    inner_below, inner_above = sum(k < z for k in keys), sum(k > z for k in keys)
+    return ((inner_below < OUTER_REACH and keys[0] - 1 not in redone)
+            + (inner_above < OUTER_REACH and keys[-1] + 1 not in redone))
+
+
 def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom) -> None:
     """The labels are a function of the keys, not of the order they came in. A pass beyond
     an organ's outermost key reads that key, the next one inward and the keys its end model
@@ -114,11 +125,7 @@ def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom)
             session.add_object_mask(z, organ, truth[z] == organ)  # may be past its end
             redone = {z for z, _ in session.propagate()}
             assert redone == expected_redone(truth, sorted(keys), z, organ), (organ, z)
-            ordered = sorted(keys)
-            skipped += sum(sum(1 for k in ordered if (k - z) * step > 0) < OUTER_REACH
-                           and not redone & ({ordered[0] - 1} if step < 0 else
-                                             {ordered[-1] + 1})
-                           for step in (-1, 1) if 0 < ordered[0] and ordered[-1] < depth - 1)
+            skipped += ends_left_alone(sorted(keys), z, redone, depth)
     assert skipped  # some organ's end model reads its outermost key alone
     fresh = flow_session(phantom)
     for organ in organs:
