@@ -11,7 +11,12 @@ import torch
 from test_propagation_session import make_net, volume  # tests/ is on sys.path
 
 from slicevos.errors import InputError
-from slicevos.inference.engines.flow.engine import OUTER_REACH, FlowConfig, FlowPropagator
+from slicevos.inference.engines.flow.engine import (
+    END_MODEL_KEYS,
+    OPINION_GAP,
+    FlowConfig,
+    FlowPropagator,
+)
 from slicevos.inference.engines.stcn.engine import Propagator
 from slicevos.inference.suggestions import suggest_slices, tent_sums
 from slicevos.phantom import PhantomConfig, make_phantom
@@ -69,17 +74,24 @@ def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
     assert dice(after[near] == target) >= dice(first[near] == target)
 
 
+OUTER_REACH = 3  # keys per side in the test below: as many as an end model may pool
+
+
 def outer_reach(truth: np.ndarray, keys: list[int], organ: int, step: int) -> int:
     """How many of the outermost keys the pass beyond the end that ``step`` goes to reads:
-    its own and the next one inward (second opinion), and as many as the end model pools
-    to hold ``end_model_pixels`` of the organ (at most ``OUTER_REACH``); its own alone where
-    the organ is not on it (the pass is background throughout)."""
-    ordered = sorted(keys, reverse=step > 0)[:OUTER_REACH]  # from that end inward
-    pooled = np.cumsum([(truth[z] == organ).sum() for z in ordered])
+    its own and those up to the one its second opinion walks from (the nearest at least
+    ``OPINION_GAP`` slices inward; while there is none, every key and one more), and as
+    many as the end model pools to hold ``end_model_pixels`` of the organ (at most
+    ``END_MODEL_KEYS``); its own alone where the organ is not on it (the pass is background
+    throughout)."""
+    ordered = sorted(keys, reverse=step > 0)  # from that end inward
+    pooled = np.cumsum([(truth[z] == organ).sum() for z in ordered[:END_MODEL_KEYS]])
     if not pooled[0]:
         return 1
     enough = np.flatnonzero(pooled >= FlowConfig().end_model_pixels)
-    return max(2, int(enough[0]) + 1 if len(enough) else len(ordered))
+    apart = [i for i, z in enumerate(ordered) if abs(z - ordered[0]) >= OPINION_GAP]
+    opinion = apart[0] + 1 if apart else len(ordered) + 1
+    return max(opinion, int(enough[0]) + 1 if len(enough) else len(pooled))
 
 
 def expected_redone(truth: np.ndarray, keys: list[int], z: int, organ: int) -> set[int]:
@@ -106,10 +118,12 @@ def ends_left_alone(keys: list[int], z: int, redone: set[int], depth: int) -> in
 
 def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom) -> None:
     """The labels are a function of the keys, not of the order they came in. A pass beyond
-    an organ's outermost key reads that key, the next one inward and the keys its end model
-    pools (``outer_reach``), so a change to one of those redoes that pass; a key with that
-    many keys on each side redoes only its own segments. The result equals a fresh
-    session given every key at once."""
+    an organ's outermost key reads that key, the keys up to the one its second opinion walks
+    from and the keys its end model pools (``outer_reach``), so a change to one of those
+    redoes that pass; a key with that many keys on each side redoes only its own segments.
+    The last keys: a new outermost key next to the old one (its second opinion then skips
+    the old and walks from the one after), that key redrawn, and a key just inward of the
+    other end. The result equals a fresh session given every key at once."""
     truth = phantom.labels
     depth = len(truth)
     session, organs = start_organs(phantom, 3)
@@ -117,10 +131,12 @@ def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom)
     skipped = 0  # keys whose side's pass a fixed reach of OUTER_REACH would have redone
     for organ in organs:
         mid = middle(truth, organ)
-        assert 0 <= mid - 2 * OUTER_REACH and mid + 2 * OUTER_REACH < depth
+        assert 0 <= mid - 2 * OUTER_REACH and mid + 2 * OUTER_REACH + 1 < depth
         keys = {mid}
         for z in [mid + 2 * OUTER_REACH] + [z for i in range(1, OUTER_REACH + 1)
-                                            for z in (mid - 2 * i, mid + 2 * i)] + [mid]:
+                                            for z in (mid - 2 * i, mid + 2 * i)] + [
+                mid, mid + 2 * OUTER_REACH + 1, mid + 2 * OUTER_REACH - 2,
+                mid - 2 * OUTER_REACH + 1]:
             keys.add(z)
             session.add_object_mask(z, organ, truth[z] == organ)  # may be past its end
             redone = {z for z, _ in session.propagate()}
@@ -131,6 +147,34 @@ def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom)
     for organ in organs:
         for z in session.organ_keys[organ]:
             fresh.add_object_mask(z, organ, truth[z] == organ)
+    np.testing.assert_array_equal(session.labels, fresh.run())
+
+
+def test_a_second_opinion_skips_a_key_next_to_the_outermost_one(phantom) -> None:
+    """A key next to the outermost key walks no slice of its own before the pass beyond does:
+    the second opinion of that pass comes from the key after it (``OPINION_GAP``). So
+    redrawing that farther key redoes the pass beyond the end, though two keys lie between
+    (with ``end_model_pixels`` 0 the end model reads the outermost key alone), and the labels
+    equal a fresh session's with the same keys."""
+    truth = phantom.labels
+    organ = 1
+    mid = middle(truth, organ)
+    propagator = FlowPropagator(FlowConfig(end_model_pixels=0))
+    image = window_volume(phantom.to_volume().hu, propagator.windows)
+    session = propagator.start(image)
+    keys = (mid, mid + 3, mid + 4)
+    for z in keys:
+        session.add_object_mask(z, organ, truth[z] == organ)
+    session.run()
+    smaller = cv2.erode((truth[mid] == organ).astype(np.uint8),
+                        np.ones((3, 3), np.uint8)).astype(bool)
+    session.add_object_mask(mid, organ, smaller)
+    redone = {z for z, _ in session.propagate()}
+    assert set(range(mid + 5, len(truth))) <= redone
+    fresh = propagator.start(image)
+    fresh.add_object_mask(mid, organ, smaller)
+    for z in keys[1:]:
+        fresh.add_object_mask(z, organ, truth[z] == organ)
     np.testing.assert_array_equal(session.labels, fresh.run())
 
 

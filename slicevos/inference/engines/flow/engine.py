@@ -68,7 +68,8 @@ to the volume's end:
   ``end_patience`` slices in a row (it ends on the first of them; with more than 1 a
   shorter dip, the flow drifting off a tube for a slice or two, does not end it, but an
   organ whose end flickers runs on: docs/labeling.md, measured). Beyond where the same
-  rule, walking from the ``OPINIONS`` next keys inward, ends it (the second opinions), it
+  rule, walking from the ``OPINIONS`` next keys inward (skipping a key next to the outermost
+  one where a key lies farther in: ``OPINION_GAP``), ends it (the second opinions), it
   ends on the first slice where that fraction is below ``opinion_support`` times
   ``end_support``: a weaker drop suffices there, but the walk alone, whose shape was
   composed over more slices and may have drifted off the organ, does not end it.
@@ -87,9 +88,11 @@ to the volume's end:
 
 What a pass reads, so that a correction redoes only what a fresh session with the same keys
 would compute differently (labels depend on the keys, not on their order): a pass between
-two keys reads those two keys; a pass beyond the outermost key reads its key, the next one
-inward (second opinions) and the keys its objects' end models pool: 2 or 3, at most
-``OUTER_REACH`` (:meth:`FlowPasses.keys_changed` says so to the session).
+two keys reads those two keys; a pass beyond the outermost key reads its key, the keys up to
+the one whose walk gives its second opinion (the next one inward, or the one after where the
+next is adjacent; while no key lies at least ``OPINION_GAP`` slices in, every key, since a
+new one there would give it) and the keys its objects' end models pool
+(:meth:`FlowPasses.keys_changed` says so to the session).
 Both compose their maps over the track's region (every key's objects, grown by 64 px),
 which a key elsewhere can widen; that moves nothing but the region's edges.
 """
@@ -153,7 +156,10 @@ ABSTAIN = -1e-3  # the score of an object a pass leaves to the other direction (
 # cap the pass (the second opinions); docs/labeling.md, "Labels follow the keys"
 END_MODEL_KEYS = 3
 OPINIONS = 1
-OUTER_REACH = max(END_MODEL_KEYS, 1 + OPINIONS)  # the outermost keys such a pass reads
+# a second opinion comes from a key at least this many slices inward of the pass's key where
+# there is one: a key next to it walks no slice of its own before the pass does, so its walk
+# is the pass's own shape again, not a second look (docs/labeling.md, "Keys that make it worse")
+OPINION_GAP = 2
 
 
 @dataclass(frozen=True)
@@ -339,19 +345,32 @@ class FlowPasses(PassEngine):
 
     def _outer_reach(self, key: int, step: int) -> int:
         """How many of the outermost keys the pass beyond ``key`` (going ``step``) reads: its
-        own, the ``OPINIONS`` next inward (second opinions, unless that pass, as last run,
-        never asked them: it would run the same without them) and the keys its objects' end
-        models pool (``shapes.model_depths``: a large organ's model reads its outermost key
-        alone); its own alone where it holds no object. Only these decide it, so a change
-        farther in leaves that pass as it was."""
+        own, those up to the keys of its second opinions (:meth:`_opinion_keys`; none if that
+        pass, as last run, never asked them: it would run the same without them) and the keys
+        its objects' end models pool (``shapes.model_depths``: a large organ's model reads its
+        outermost key alone); its own alone where it holds no object. Only these decide it, so
+        a change farther in leaves that pass as it was."""
         model = self._end_model(key, step)
         depths = model_depths([self.session.key_masks[k] for k in model],
                               self.config.end_model_pixels)
         present = label_values(self.session.key_masks[key])
         # no object on it: the pass is background throughout and reads no other key; a pass
         # that ran without asking its second opinions would run the same without them
-        opinions = 1 + OPINIONS if self._asked.get((key, step), True) else 1
+        asked = self._asked.get((key, step), True)
+        opinions = 1 + self._opinion_keys(key, step)[1] if asked else 1
         return max(opinions, *(depths[o] for o in present)) if present else 1
+
+    def _opinion_keys(self, key: int, step: int) -> tuple[list[int], int]:
+        """The ``OPINIONS`` keys inward of the outermost key ``key`` (going ``step``) whose
+        walks give its pass's second opinions: the nearest at least ``OPINION_GAP`` slices
+        inward, else the nearest; and how many of the keys inward decide that choice (those
+        up to the last chosen, or every one and any key added beyond them while the choice
+        falls back on the nearest)."""
+        inward = self._inward(key, step)
+        apart = [i for i, k in enumerate(inward) if abs(k - key) >= OPINION_GAP][:OPINIONS]
+        if len(apart) == OPINIONS:
+            return [inward[i] for i in apart], apart[-1] + 1
+        return inward[:OPINIONS], len(inward) + 1
 
     def label_lut(self, object_ids: Sequence[int]) -> np.ndarray:
         return np.array([0, *object_ids], np.uint8)
@@ -439,11 +458,12 @@ class FlowPasses(PassEngine):
         watch = EndWatch(cfg.end_patience, step)
         pending: deque[tuple[int, PassOutput]] = deque()  # slices an end may still take back
         fading, absent, zones = self._one_key_parts(start, other)
-        # the pass towards the outermost key walks what the pass beyond that key asks a
-        # second opinion of: note where the end rule would end each object on the way
+        # the pass towards the outermost key from the key whose walk gives the pass beyond
+        # that key its second opinion: note where the end rule would end each object on the way
         walk = (_Walk(watch) if other is not None and cfg.end_rule != "none"
                 and not fading and not any((k - other) * step > 0
-                                           for k in self.session.key_masks) else None)
+                                           for k in self.session.key_masks)
+                and start in self._opinion_keys(other, step)[0] else None)
         mapping, previous = self._region_map(), start
         asked = False  # whether the second opinions were asked (kept once the pass is done)
         if second is not None:
@@ -632,7 +652,7 @@ class FlowPasses(PassEngine):
         A generator, walking in step with the pass so that it goes no further than the
         pass does: primed with ``next`` (walks up to ``start``), then sent the pass's flow
         onto each of its slices in turn, it gives the ends found so far."""
-        inner = self._inward(start, step)[:OPINIONS]
+        inner = self._opinion_keys(start, step)[0]
         model = self._end_model(start, step)
         walks = [self._opinion(key, start, step, model) for key in inner]
         for walk in walks:
