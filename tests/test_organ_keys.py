@@ -17,6 +17,7 @@ from slicevos.inference.engines.flow.engine import (
     FlowConfig,
     FlowPropagator,
 )
+from slicevos.inference.engines.flow.shapes import OTHER_END_BELOW, model_depths
 from slicevos.inference.engines.stcn.engine import Propagator
 from slicevos.inference.suggestions import suggest_slices, tent_sums
 from slicevos.phantom import PhantomConfig, make_phantom
@@ -82,16 +83,22 @@ def outer_reach(truth: np.ndarray, keys: list[int], organ: int, step: int) -> in
     its own and those up to the one its second opinion walks from (the nearest at least
     ``OPINION_GAP`` slices inward; while there is none, every key and one more), and as
     many as the end model pools to hold ``end_model_pixels`` of the organ (at most
-    ``END_MODEL_KEYS``); its own alone where the organ is not on it (the pass is background
-    throughout)."""
+    ``END_MODEL_KEYS``; where it would read fewer were one of them the other end's outermost
+    key, ``OTHER_END_BELOW``, the keys up to that one and one more); its own alone where the
+    organ is not on it (the pass is background throughout)."""
     ordered = sorted(keys, reverse=step > 0)  # from that end inward
-    pooled = np.cumsum([(truth[z] == organ).sum() for z in ordered[:END_MODEL_KEYS]])
-    if not pooled[0]:
+    masks = [(truth[z] == organ).astype(np.uint8) for z in ordered[:END_MODEL_KEYS]]
+    if not masks[0].any():
         return 1
-    enough = np.flatnonzero(pooled >= FlowConfig().end_model_pixels)
+    needed = FlowConfig().end_model_pixels
+    depth = model_depths(masks, needed, int(1 < len(ordered) <= END_MODEL_KEYS))[1]
+    model = depth
+    for last in range(1, len(masks)):  # were that key the other end's, would it read less?
+        if model_depths(masks[:last + 1], needed, 1)[1] != depth:
+            model = max(model, last + 2)
     apart = [i for i, z in enumerate(ordered) if abs(z - ordered[0]) >= OPINION_GAP]
     opinion = apart[0] + 1 if apart else len(ordered) + 1
-    return max(opinion, int(enough[0]) + 1 if len(enough) else len(pooled))
+    return max(opinion, model)
 
 
 def expected_redone(truth: np.ndarray, keys: list[int], z: int, organ: int) -> set[int]:
@@ -178,20 +185,46 @@ def test_a_second_opinion_skips_a_key_next_to_the_outermost_one(phantom) -> None
     np.testing.assert_array_equal(session.labels, fresh.run())
 
 
+def disc_volume(radius: float, depth: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """A disc of ``radius`` px through every slice of a (depth, 64, 64) noisy volume: (disc
+    (64, 64) bool, the flow engine's windowed image)."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:64, :64]
+    disc = (rows - 32) ** 2 + (cols - 30) ** 2 < radius ** 2
+    hu = rng.normal(-80, 15, (depth, 64, 64)).astype(np.float32)
+    hu[:, disc] = rng.normal(120, 15, (depth, int(disc.sum())))
+    return disc, window_volume(hu, FlowPropagator().windows)
+
+
+def test_a_key_beyond_the_other_end_redoes_a_pass_whose_model_skipped_that_end() -> None:
+    """With two keys the lower end's model would pool the upper key, the other end's; a disc
+    of 177 px holds more than half of ``end_model_pixels`` (256) on its own key, so it reads
+    that key alone (``OTHER_END_BELOW``). A third key above makes the upper key an inner one
+    that the model then reads: the pass below the lower key is redone, and the labels equal a
+    fresh session's with the same keys."""
+    disc, image = disc_volume(7.5)
+    assert OTHER_END_BELOW * 256 <= disc.sum() < 256
+    propagator = FlowPropagator()
+    session = propagator.start(image)
+    for z in (5, 9):
+        session.add_object_mask(z, 1, disc)
+    session.run()
+    session.add_object_mask(12, 1, disc)
+    assert set(range(5)) <= {z for z, _ in session.propagate()}
+    fresh = propagator.start(image)
+    for z in (5, 9, 12):
+        fresh.add_object_mask(z, 1, disc)
+    np.testing.assert_array_equal(session.labels, fresh.run())
+
+
 def test_a_pass_that_never_asked_its_second_opinion_ignores_the_next_key(phantom) -> None:
     """An organ running on unchanged to the volume's end (a disc through every slice): the
     pass beyond its upper key never asks its second opinion (walked from the next key
     inward), and its end model reads that key alone, so redrawing the next key inward
     redoes only that key's segments and the pass beyond the lower end. The labels equal a
     fresh session given the same keys."""
-    rng = np.random.default_rng(0)
-    depth = 16
-    rows, cols = np.mgrid[:64, :64]
-    disc = (rows - 32) ** 2 + (cols - 30) ** 2 < 14 ** 2
-    hu = rng.normal(-80, 15, (depth, 64, 64)).astype(np.float32)
-    hu[:, disc] = rng.normal(120, 15, (depth, int(disc.sum())))
+    disc, image = disc_volume(14)
     propagator = FlowPropagator()
-    image = window_volume(hu, propagator.windows)
     session = propagator.start(image)
     for z in (5, 9):
         session.add_object_mask(z, 1, disc)

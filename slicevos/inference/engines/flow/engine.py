@@ -348,17 +348,28 @@ class FlowPasses(PassEngine):
         own, those up to the keys of its second opinions (:meth:`_opinion_keys`; none if that
         pass, as last run, never asked them: it would run the same without them) and the keys
         its objects' end models pool (``shapes.model_depths``: a large organ's model reads its
-        outermost key alone); its own alone where it holds no object. Only these decide it, so
-        a change farther in leaves that pass as it was."""
+        outermost key alone; and, where a model would read fewer keys were one of them the
+        other end's outermost, the keys up to that one and one more, since whether a key lies
+        beyond it decides); its
+        own alone where it holds no object. Only these decide it, so a change farther in
+        leaves that pass as it was."""
         model = self._end_model(key, step)
-        depths = model_depths([self.session.key_masks[k] for k in model],
-                              self.config.end_model_pixels)
+        labels = [self.session.key_masks[k] for k in model]
+        pixels = self.config.end_model_pixels
+        depths = model_depths(labels, pixels, self._other_end(model))
         present = label_values(self.session.key_masks[key])
         # no object on it: the pass is background throughout and reads no other key; a pass
         # that ran without asking its second opinions would run the same without them
         asked = self._asked.get((key, step), True)
         opinions = 1 + self._opinion_keys(key, step)[1] if asked else 1
-        return max(opinions, *(depths[o] for o in present)) if present else 1
+        models = max((depths[o] for o in present), default=1)
+        for last in range(1, len(model)):
+            # were model[last] the other end's outermost key, would an object read otherwise?
+            # then the pass depends on whether a key lies beyond it
+            if any(model_depths(labels[:last + 1], pixels, 1).get(o) != depths.get(o)
+                   for o in present):
+                models = max(models, last + 2)
+        return max(opinions, models) if present else 1
 
     def _opinion_keys(self, key: int, step: int) -> tuple[list[int], int]:
         """The ``OPINIONS`` keys inward of the outermost key ``key`` (going ``step``) whose
@@ -404,7 +415,16 @@ class FlowPasses(PassEngine):
         ``end_model_pixels`` of its pixels)."""
         return self._cached(self._llr, keys, lambda: end_models(
             [(self.grey[z], self.session.key_masks[z]) for z in keys],
-            self.config.end_model_pixels, context=self.config.intensity_context))
+            self.config.end_model_pixels, context=self.config.intensity_context,
+            reserve=self._other_end(keys)))
+
+    def _other_end(self, model: tuple[int, ...]) -> int:
+        """1 where the last of an end model's keys ``model`` is the outermost key of the other
+        end (two or three keys in all): it shows the organ's grey values at that end, not at
+        this one, so an object reads it only where the nearer keys hold too few of its pixels
+        for a histogram (``shapes.model_depths``); else 0."""
+        keys = sorted(self.session.key_masks)
+        return int(len(model) > 1 and model[-1] in (keys[0], keys[-1]))
 
     def _end_model(self, key: int, step: int) -> tuple[int, ...]:
         """The keys whose intensity models end objects in a pass beyond the outermost key
