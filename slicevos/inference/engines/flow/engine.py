@@ -59,6 +59,8 @@ to the volume's end:
   end, from the outermost inward until they hold ``end_model_pixels`` of its pixels, at
   most ``END_MODEL_KEYS`` (``shapes.end_models``: its histogram against a ring around it;
   a large organ's model is its grey values at that end, a key farther in leaves it alone;
+  the other end's outermost key, with two or three keys in all, only where the nearer keys
+  hold fewer than ``shapes.OTHER_END_BELOW`` of those pixels;
   with ``intensity_context`` a grey value never seen in the
   object, bone or a contrast-filled vessel, counts against it as often as the rest of those
   key slices show it, rather than as no evidence); in a pass beyond the outermost key an
