@@ -352,9 +352,8 @@ class FlowPasses(PassEngine):
         its objects' end models pool (``shapes.model_depths``: a large organ's model reads its
         outermost key alone; and, where a model would read fewer keys were one of them the
         other end's outermost, the keys up to that one and one more, since whether a key lies
-        beyond it decides); its
-        own alone where it holds no object. Only these decide it, so a change farther in
-        leaves that pass as it was."""
+        beyond it decides); its own alone where it holds no object. Only these decide it, so a
+        change farther in leaves that pass as it was."""
         model = self._end_model(key, step)
         labels = [self.session.key_masks[k] for k in model]
         pixels = self.config.end_model_pixels

@@ -233,10 +233,10 @@ def model_depths(labels: Sequence[np.ndarray], min_pixels: int, reserve: int = 0
     """Object id -> how many of the key label maps ``labels`` (ordered from an end inward)
     its :func:`end_models` model reads: the first that hold ``min_pixels`` (at least 1) of
     its pixels together, all of them if they never do. The last ``reserve`` of them are the
-    other end's (its grey values there, not at this end: a gallbladder's or an IVC's differ
-    by 0.05-0.3 DSC of what the rule then keeps): an object reads them only where the others
-    hold fewer than ``OTHER_END_BELOW`` times ``min_pixels`` of its pixels, too few for a
-    histogram (an aorta of 30 px a slice on a 3 mm scan)."""
+    other end's, whose grey values are the organ's there, not at this end (docs/labeling.md,
+    "Keys that make it worse"): an object reads them only where the others hold fewer than
+    ``OTHER_END_BELOW`` times ``min_pixels`` of its pixels, too few for a histogram (an aorta
+    of 30 px a slice on a 3 mm scan)."""
     if not labels:
         return {}
     cumulative = np.cumsum([np.bincount(plane.ravel(), minlength=256) for plane in labels],
