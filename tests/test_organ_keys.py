@@ -78,37 +78,51 @@ def test_organ_key_keeps_the_other_organs_propagated(phantom) -> None:
 OUTER_REACH = 3  # keys per side in the test below: as many as an end model may pool
 
 
+def end_depth(truth: np.ndarray, keys: list[int], organ: int, step: int) -> int | None:
+    """How many keys the end model beyond the end that ``step`` goes to reads for ``organ``
+    (None where the organ is not on the outermost key): the first that hold
+    ``end_model_pixels`` of it, of the ``END_MODEL_KEYS`` nearest that end; those no nearer
+    it than the other end's outermost key only where the nearer hold too few
+    (``OTHER_END_BELOW``)."""
+    ordered = sorted(keys, reverse=step > 0)  # from that end inward
+    model = ordered[:END_MODEL_KEYS]
+    masks = [(truth[z] == organ).astype(np.uint8) for z in model]
+    if not masks[0].any():
+        return None
+    far = sum(abs(z - model[0]) >= abs(z - ordered[-1]) for z in model[1:])
+    return model_depths(masks, FlowConfig().end_model_pixels, far)[1]
+
+
 def outer_reach(truth: np.ndarray, keys: list[int], organ: int, step: int) -> int:
     """How many of the outermost keys the pass beyond the end that ``step`` goes to reads:
     its own and those up to the one its second opinion walks from (the nearest at least
     ``OPINION_GAP`` slices inward; while there is none, every key and one more), and as
-    many as the end model pools to hold ``end_model_pixels`` of the organ (at most
-    ``END_MODEL_KEYS``; where it would read fewer were one of them the other end's outermost
-    key, ``OTHER_END_BELOW``, the keys up to that one and one more); its own alone where the
-    organ is not on it (the pass is background throughout)."""
-    ordered = sorted(keys, reverse=step > 0)  # from that end inward
-    masks = [(truth[z] == organ).astype(np.uint8) for z in ordered[:END_MODEL_KEYS]]
-    if not masks[0].any():
+    many as the end model pools (:func:`end_depth`); its own alone where the organ is not on
+    it (the pass is background throughout)."""
+    depth = end_depth(truth, keys, organ, step)
+    if depth is None:
         return 1
-    needed = FlowConfig().end_model_pixels
-    depth = model_depths(masks, needed, int(1 < len(ordered) <= END_MODEL_KEYS))[1]
-    model = depth
-    for last in range(1, len(masks)):  # were that key the other end's, would it read less?
-        if model_depths(masks[:last + 1], needed, 1)[1] != depth:
-            model = max(model, last + 2)
+    ordered = sorted(keys, reverse=step > 0)
     apart = [i for i, z in enumerate(ordered) if abs(z - ordered[0]) >= OPINION_GAP]
     opinion = apart[0] + 1 if apart else len(ordered) + 1
-    return max(opinion, model)
+    return max(opinion, depth)
 
 
-def expected_redone(truth: np.ndarray, keys: list[int], z: int, organ: int) -> set[int]:
-    """The slices a new or replaced key ``z`` of ``organ`` (keys: after the change) redoes."""
+def expected_redone(truth: np.ndarray, before: list[int], keys: list[int], z: int,
+                    organ: int) -> set[int]:
+    """The slices a new or replaced key ``z`` of ``organ`` (keys ``before`` and after the
+    change) redoes: its segments, and a pass beyond an end that reads ``z``, or whose
+    outermost key stayed but whose end model now reads other keys."""
     below, above = [k for k in keys if k < z], [k for k in keys if k > z]
     redone = set(range(max(below, default=-1) + 1, min(above, default=len(truth)))) - {z}
-    if len(below) < outer_reach(truth, keys, organ, -1):
-        redone |= set(range(keys[0]))
-    if len(above) < outer_reach(truth, keys, organ, 1):
-        redone |= set(range(keys[-1] + 1, len(truth)))
+    for step, inner, outermost, beyond in (
+            (-1, below, min, range(min(keys))), (1, above, max, range(max(keys) + 1,
+                                                                       len(truth)))):
+        moved = (outermost(before) == outermost(keys)
+                 and end_depth(truth, before, organ, step) != end_depth(truth, keys, organ,
+                                                                        step))
+        if len(inner) < outer_reach(truth, keys, organ, step) or moved:
+            redone |= set(beyond)
     return redone
 
 
@@ -144,10 +158,11 @@ def test_corrections_one_at_a_time_give_what_the_same_keys_give_at_once(phantom)
                                             for z in (mid - 2 * i, mid + 2 * i)] + [
                 mid, mid + 2 * OUTER_REACH + 1, mid + 2 * OUTER_REACH - 2,
                 mid - 2 * OUTER_REACH + 1]:
+            before = sorted(keys)
             keys.add(z)
             session.add_object_mask(z, organ, truth[z] == organ)  # may be past its end
             redone = {z for z, _ in session.propagate()}
-            assert redone == expected_redone(truth, sorted(keys), z, organ), (organ, z)
+            assert redone == expected_redone(truth, before, sorted(keys), z, organ), (organ, z)
             skipped += ends_left_alone(sorted(keys), z, redone, depth)
     assert skipped  # some organ's end model reads its outermost key alone
     fresh = flow_session(phantom)
@@ -196,12 +211,12 @@ def disc_volume(radius: float, depth: int = 16) -> tuple[np.ndarray, np.ndarray]
     return disc, window_volume(hu, FlowPropagator().windows)
 
 
-def test_a_key_beyond_the_other_end_redoes_a_pass_whose_model_skipped_that_end() -> None:
-    """With two keys the lower end's model would pool the upper key, the other end's; a disc
-    of 177 px holds more than half of ``end_model_pixels`` (256) on its own key, so it reads
-    that key alone (``OTHER_END_BELOW``). A third key above makes the upper key an inner one
-    that the model then reads: the pass below the lower key is redone, and the labels equal a
-    fresh session's with the same keys."""
+def test_a_key_that_moves_the_halfway_point_redoes_the_pass_beyond_the_other_end() -> None:
+    """Keys 5 and 9: the lower end's model would pool 9, the other end's; a disc of 177 px
+    holds more than half of ``end_model_pixels`` (256) on its own key, so it reads that key
+    alone (``OTHER_END_BELOW``). A key at 12 leaves 9 in the upper half (nearer 12 than 5):
+    the pass below 5 is not redone. One at 15 brings 9 into the lower half, which the model
+    then reads: that pass is redone. Both times the labels equal a fresh session's."""
     disc, image = disc_volume(7.5)
     assert OTHER_END_BELOW * 256 <= disc.sum() < 256
     propagator = FlowPropagator()
@@ -209,12 +224,15 @@ def test_a_key_beyond_the_other_end_redoes_a_pass_whose_model_skipped_that_end()
     for z in (5, 9):
         session.add_object_mask(z, 1, disc)
     session.run()
-    session.add_object_mask(12, 1, disc)
-    assert set(range(5)) <= {z for z, _ in session.propagate()}
-    fresh = propagator.start(image)
-    for z in (5, 9, 12):
-        fresh.add_object_mask(z, 1, disc)
-    np.testing.assert_array_equal(session.labels, fresh.run())
+    for z, below_redone in ((12, False), (15, True)):
+        session.add_object_mask(z, 1, disc)
+        redone = {z for z, _ in session.propagate()}
+        assert (set(range(5)) <= redone) is below_redone
+        assert not (set(range(5)) & redone) or below_redone
+        fresh = propagator.start(image)
+        for key in session.organ_keys[1]:
+            fresh.add_object_mask(key, 1, disc)
+        np.testing.assert_array_equal(session.labels, fresh.run())
 
 
 def test_a_pass_that_never_asked_its_second_opinion_ignores_the_next_key(phantom) -> None:

@@ -59,8 +59,8 @@ to the volume's end:
   end, from the outermost inward until they hold ``end_model_pixels`` of its pixels, at
   most ``END_MODEL_KEYS`` (``shapes.end_models``: its histogram against a ring around it;
   a large organ's model is its grey values at that end, a key farther in leaves it alone;
-  the other end's outermost key, with two or three keys in all, only where the nearer keys
-  hold fewer than ``shapes.OTHER_END_BELOW`` of those pixels;
+  a key no nearer that end than the other end's outermost key, in the organ's other half,
+  only where the nearer keys hold fewer than ``shapes.OTHER_END_BELOW`` of those pixels;
   with ``intensity_context`` a grey value never seen in the
   object, bone or a contrast-filled vessel, counts against it as often as the rest of those
   key slices show it, rather than as no evidence); in a pass beyond the outermost key an
@@ -93,8 +93,9 @@ would compute differently (labels depend on the keys, not on their order): a pas
 two keys reads those two keys; a pass beyond the outermost key reads its key, the keys up to
 the one whose walk gives its second opinion (the next one inward, or the one after where the
 next is adjacent; while no key lies at least ``OPINION_GAP`` slices in, every key, since a
-new one there would give it) and the keys its objects' end models pool
-(:meth:`FlowPasses.keys_changed` says so to the session).
+new one there would give it) and the keys its objects' end models pool, and it is redone
+whatever key changed where that moves the halfway point to the other end so that the
+models pool other keys (:meth:`FlowPasses.keys_changed` says so to the session).
 Both compose their maps over the track's region (every key's objects, grown by 64 px),
 which a key elsewhere can widen; that moves nothing but the region's edges.
 """
@@ -329,6 +330,8 @@ class FlowPasses(PassEngine):
         # (key, step) -> whether the pass beyond that outermost key, as last run, asked its
         # second opinions (kept when keys change: a pass that did not ask reads no other key)
         self._asked: dict[tuple[int, int], bool] = {}
+        # step -> (outermost key, its objects' end-model depths) as keys_changed last saw them
+        self._end_depths: dict[int, tuple[int, dict[int, int]]] = {}
 
     def keys_changed(self, z: int, objects_changed: bool) -> tuple[int, int]:
         self._shapes.pop(z, None)
@@ -342,35 +345,38 @@ class FlowPasses(PassEngine):
         self._entry_locks.clear()
         keys = sorted(self.session.key_masks)
         if self.config.end_rule == "none" or not keys:
+            self._end_depths.clear()
             return 0, 0
-        return self._outer_reach(keys[0], -1), self._outer_reach(keys[-1], 1)
+        reaches = []
+        for key, step in ((keys[0], -1), (keys[-1], 1)):
+            reach, depths = self._outer_reach(key, step)
+            if self._end_depths.get(step, (key, depths)) != (key, depths):
+                # the same outermost key, but its objects' end models read other keys (a key
+                # at the other end moved the halfway point between them): redo that pass
+                reach = len(keys) + 1
+            self._end_depths[step] = key, depths
+            reaches.append(reach)
+        return reaches[0], reaches[1]
 
-    def _outer_reach(self, key: int, step: int) -> int:
+    def _outer_reach(self, key: int, step: int) -> tuple[int, dict[int, int]]:
         """How many of the outermost keys the pass beyond ``key`` (going ``step``) reads: its
         own, those up to the keys of its second opinions (:meth:`_opinion_keys`; none if that
         pass, as last run, never asked them: it would run the same without them) and the keys
         its objects' end models pool (``shapes.model_depths``: a large organ's model reads its
-        outermost key alone; and, where a model would read fewer keys were one of them the
-        other end's outermost, the keys up to that one and one more, since whether a key lies
-        beyond it decides); its own alone where it holds no object. Only these decide it, so a
-        change farther in leaves that pass as it was."""
+        outermost key alone); its own alone where it holds no object. Only these decide it, so
+        a change farther in leaves that pass as it was, unless it changes which keys the
+        models pool (:meth:`keys_changed` compares the second value: object on ``key`` -> how
+        many of the model's keys its model reads)."""
         model = self._end_model(key, step)
         labels = [self.session.key_masks[k] for k in model]
-        pixels = self.config.end_model_pixels
-        depths = model_depths(labels, pixels, self._other_end(model))
+        depths = model_depths(labels, self.config.end_model_pixels, self._far_keys(model))
         present = label_values(self.session.key_masks[key])
         # no object on it: the pass is background throughout and reads no other key; a pass
         # that ran without asking its second opinions would run the same without them
         asked = self._asked.get((key, step), True)
         opinions = 1 + self._opinion_keys(key, step)[1] if asked else 1
         models = max((depths[o] for o in present), default=1)
-        for last in range(1, len(model)):
-            # were model[last] the other end's outermost key, would an object read otherwise?
-            # then the pass depends on whether a key lies beyond it
-            if any(model_depths(labels[:last + 1], pixels, 1).get(o) != depths.get(o)
-                   for o in present):
-                models = max(models, last + 2)
-        return max(opinions, models) if present else 1
+        return (max(opinions, models) if present else 1), {o: depths[o] for o in present}
 
     def _opinion_keys(self, key: int, step: int) -> tuple[list[int], int]:
         """The ``OPINIONS`` keys inward of the outermost key ``key`` (going ``step``) whose
@@ -417,15 +423,19 @@ class FlowPasses(PassEngine):
         return self._cached(self._llr, keys, lambda: end_models(
             [(self.grey[z], self.session.key_masks[z]) for z in keys],
             self.config.end_model_pixels, context=self.config.intensity_context,
-            reserve=self._other_end(keys)))
+            far=self._far_keys(keys)))
 
-    def _other_end(self, model: tuple[int, ...]) -> int:
-        """1 where the last of an end model's keys ``model`` is the outermost key of the other
-        end (two or three keys in all): it shows the organ's grey values at that end, not at
-        this one, so an object reads it only where the nearer keys hold too few of its pixels
-        for a histogram (``shapes.model_depths``); else 0."""
+    def _far_keys(self, model: tuple[int, ...]) -> int:
+        """How many of an end model's keys ``model`` (from that end's outermost key inward)
+        lie no nearer it than the other end's outermost key: they show the organ's grey values
+        in its other half, not near this end, so an object reads them only where the nearer
+        keys hold too few of its pixels for a histogram (``shapes.model_depths``)."""
+        if len(model) < 2:
+            return 0
         keys = sorted(self.session.key_masks)
-        return int(len(model) > 1 and model[-1] in (keys[0], keys[-1]))
+        end = model[0]
+        other = keys[-1] if model[1] > end else keys[0]
+        return sum(1 for k in model[1:] if abs(k - end) >= abs(k - other))
 
     def _end_model(self, key: int, step: int) -> tuple[int, ...]:
         """The keys whose intensity models end objects in a pass beyond the outermost key

@@ -209,15 +209,16 @@ def intensity_models(keys: Iterable[tuple[np.ndarray, np.ndarray]], ring: int = 
 
 
 def end_models(keys: Sequence[tuple[np.ndarray, np.ndarray]], min_pixels: int,
-               context: bool = True, reserve: int = 0) -> dict[int, np.ndarray]:
+               context: bool = True, far: int = 0) -> dict[int, np.ndarray]:
     """:func:`intensity_models` of the end rule, from ``(grey, labels)`` key pairs ordered from
     an end of the volume inward: each object's from the first keys that hold at least
-    ``min_pixels`` (at least 1) of its pixels (all of them if they never do). A large organ's
+    ``min_pixels`` (at least 1) of its pixels (all of them if they never do; the last
+    ``far`` keys lie in the organ's other half: :func:`model_depths`). A large organ's
     model is its grey values at that end, where the rule acts; a small one pools enough
     pixels for a histogram of 256 grey values."""
     by_depth: dict[int, list[int]] = {}
     for object_id, depth in model_depths([labels for _, labels in keys], min_pixels,
-                                         reserve).items():
+                                         far).items():
         by_depth.setdefault(depth, []).append(object_id)
     models: dict[int, np.ndarray] = {}
     for depth, group in by_depth.items():
@@ -225,29 +226,32 @@ def end_models(keys: Sequence[tuple[np.ndarray, np.ndarray]], min_pixels: int,
     return models
 
 
-OTHER_END_BELOW = 0.5  # model_depths: the share of min_pixels below which the other end lends
+OTHER_END_BELOW = 0.5  # model_depths: the share of min_pixels below which the far keys lend
 
 
-def model_depths(labels: Sequence[np.ndarray], min_pixels: int, reserve: int = 0
+def model_depths(labels: Sequence[np.ndarray], min_pixels: int, far: int = 0
                  ) -> dict[int, int]:
     """Object id -> how many of the key label maps ``labels`` (ordered from an end inward)
     its :func:`end_models` model reads: the first that hold ``min_pixels`` (at least 1) of
-    its pixels together, all of them if they never do. The last ``reserve`` of them are the
-    other end's, whose grey values are the organ's there, not at this end (docs/labeling.md,
-    "Keys that make it worse"): an object reads them only where the others hold fewer than
-    ``OTHER_END_BELOW`` times ``min_pixels`` of its pixels, too few for a histogram (an aorta
-    of 30 px a slice on a 3 mm scan)."""
+    its pixels together, all of them if they never do. The last ``far`` of them lie no
+    nearer this end than the other end's outermost key: their grey values are the organ's
+    in its other half, not near this end (docs/labeling.md, "Keys that make it worse"). An
+    object reads them only where the nearer keys hold fewer than ``OTHER_END_BELOW`` times
+    ``min_pixels`` of its pixels, too few for a histogram (an aorta of 30 px a slice on a
+    3 mm scan), and then only until it holds that many."""
     if not labels:
         return {}
     cumulative = np.cumsum([np.bincount(plane.ravel(), minlength=256) for plane in labels],
                            axis=0)
-    near = len(labels) - reserve
+    near = len(labels) - far
+    least = OTHER_END_BELOW * max(min_pixels, 1)
     depths = {}
     for object_id in (int(o) for o in np.flatnonzero(cumulative[-1]) if o):
-        enough_here = near > 0 and (cumulative[near - 1, object_id]
-                                    >= OTHER_END_BELOW * max(min_pixels, 1))
-        usable = near if enough_here else len(labels)
-        enough = np.flatnonzero(cumulative[:usable, object_id] >= max(min_pixels, 1))
+        if near > 0 and cumulative[near - 1, object_id] >= least:
+            usable, needed = near, max(min_pixels, 1)
+        else:  # too few near this end: the far keys lend what a histogram needs at least
+            usable, needed = len(labels), least
+        enough = np.flatnonzero(cumulative[:usable, object_id] >= needed)
         depths[object_id] = int(enough[0]) + 1 if len(enough) else usable
     return depths
 
