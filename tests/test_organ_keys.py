@@ -235,6 +235,25 @@ def test_a_key_that_moves_the_halfway_point_redoes_the_pass_beyond_the_other_end
         np.testing.assert_array_equal(session.labels, fresh.run())
 
 
+def test_the_claim_nearer_its_key_wins_where_two_organs_meet() -> None:
+    """One vessel labelled as two objects that meet at slice 8, a label boundary the image
+    does not show (lidc's superior vena cava and right brachiocephalic vein): object 1 drawn
+    on 2 and 7, object 2 on 8 and 13. Object 1's pass beyond its last key runs on through
+    object 2's slices as deep as object 2's own; each track's claim counts ``1 / (1 + d)``,
+    ``d`` its slices to its nearest key (``Track.claim_weight``), so each object keeps the
+    slices nearer its own keys."""
+    disc, image = disc_volume(10)
+    session = FlowPropagator().start(image)
+    for z in (2, 7):
+        session.add_object_mask(z, 1, disc)
+    for z in (8, 13):
+        session.add_object_mask(z, 2, disc)
+    labels = session.run()
+    area = int(disc.sum())
+    assert ((labels[:8] == 1).sum(axis=(1, 2)) >= 0.95 * area).all()
+    assert ((labels[8:] == 2).sum(axis=(1, 2)) >= 0.95 * area).all()
+
+
 def test_a_pass_that_never_asked_its_second_opinion_ignores_the_next_key(phantom) -> None:
     """An organ running on unchanged to the volume's end (a disc through every slice): the
     pass beyond its upper key never asks its second opinion (walked from the next key

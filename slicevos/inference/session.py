@@ -390,6 +390,7 @@ class PropagationSession:
         threads = min(track.engine.pass_threads for track in self.tracks)
         for jobs in self._segment_phases():
             for track, z, result in run_segments(jobs, threads, self._disagreement):
+                result.strength = result.strength * track.claim_weight(z)
                 result.store(self.outputs, self._stored_objects(track, result), z)
                 self.outputs.merge(z, self.labels[z])
                 track.up_to_date[z] = True

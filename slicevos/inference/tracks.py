@@ -6,10 +6,10 @@ per-organ keys its objects share). Its engine sees a :class:`TrackView`: the ses
 those were the only objects and keys (key masks restricted to the track's objects). A track
 runs the session's two-direction passes over the segments between its keys and hands each
 finished slice to :class:`ObjectOutputs` as per-object crops: where the object won the
-track's argmax, with the winning score (its *strength*). The session merges the crops of
-every object into the labels: on each pixel the strongest claim wins, and a key's own pixels
-always do (:data:`KEY_STRENGTH`). With one track (whole-slice keys only) that is exactly the
-track's argmax.
+track's argmax, with the winning score times the track's :meth:`Track.claim_weight` there
+(its *strength*). The session merges the crops of every object into the labels: on each
+pixel the strongest claim wins, and a key's own pixels always do (:data:`KEY_STRENGTH`).
+With one track (whole-slice keys only) that is exactly the track's argmax.
 """
 
 from __future__ import annotations
@@ -269,6 +269,15 @@ class Track:
                 self.up_to_date[keys[-1] + 1:] = False
         if z in self.view.key_masks:
             self.up_to_date[z] = True
+
+    def claim_weight(self, z: int) -> float:
+        """What this track's claims on slice ``z`` count for against other tracks' claims
+        (their strength is the winning score times this): ``1 / (1 + d)``, ``d`` the slices
+        from ``z`` to the track's nearest key. A key carried farther errs more: a vessel run
+        on past its last key into the next one, labelled as another object and drawn a slice
+        away (lidc's superior vena cava into the right brachiocephalic vein), loses there
+        to that one (docs/labeling.md, "Per-organ keys: the nearer key's claim")."""
+        return 1.0 / (1.0 + min((abs(z - key) for key in self.view.key_masks), default=0))
 
     def add_objects(self, objects: frozenset[int]) -> None:
         """Objects that join this track (they first appear on a whole-slice key); the engine
