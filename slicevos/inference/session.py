@@ -12,7 +12,10 @@ re-propagation, shared by every propagation engine (STCN, optical flow, both fus
 
 Objects are the label values seen on any key slice (a stable sorted list); an object absent
 on a key slice is background there. Key slices come out exactly as given. With no object on
-any key slice every other slice is background.
+any key slice every other slice is background. Objects with keys of their own
+(:meth:`PropagationSession.add_object_mask`) are propagated in tracks of their own
+(``slicevos.inference.tracks``); where two tracks claim a pixel, the claim with the higher
+score times ``1 / (1 + slices to its track's nearest key)`` wins (``Track.claim_weight``).
 
 An engine (:class:`PassEngine`) does one thing: a *pass* from one key slice through a run of
 slices in one direction, yielding per-slice *scores* ``(L, H, W)`` float32 whose argmax over
