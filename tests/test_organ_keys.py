@@ -115,13 +115,12 @@ def expected_redone(truth: np.ndarray, before: list[int], keys: list[int], z: in
     outermost key stayed but whose end model now reads other keys."""
     below, above = [k for k in keys if k < z], [k for k in keys if k > z]
     redone = set(range(max(below, default=-1) + 1, min(above, default=len(truth)))) - {z}
-    for step, inner, outermost, beyond in (
-            (-1, below, min, range(min(keys))), (1, above, max, range(max(keys) + 1,
-                                                                       len(truth)))):
-        moved = (outermost(before) == outermost(keys)
-                 and end_depth(truth, before, organ, step) != end_depth(truth, keys, organ,
-                                                                        step))
-        if len(inner) < outer_reach(truth, keys, organ, step) or moved:
+    sides = ((-1, below, range(min(keys))), (1, above, range(max(keys) + 1, len(truth))))
+    for step, inner, beyond in sides:
+        outermost = min if step < 0 else max
+        same_end = outermost(before) == outermost(keys)
+        was, now = (end_depth(truth, k, organ, step) for k in (before, keys))
+        if len(inner) < outer_reach(truth, keys, organ, step) or (same_end and was != now):
             redone |= set(beyond)
     return redone
 
